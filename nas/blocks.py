@@ -1,0 +1,177 @@
+"""The contracts a block implements: its config base class, its capabilities and the sizes it is built for.
+
+A block is an ``nn.Module`` subclass registered under a ``(kind, name)`` key (see :mod:`nas.registry`). It
+carries three class-level declarations that can be read without building it:
+
+* ``Config``: a frozen pydantic model with ``type: Literal["<name>"]`` and ``extra="forbid"``. Its fields
+  are the block's hyper-parameters; the search space of each field is written in YAML next to the block.
+* ``capabilities``: what the block can and cannot be combined with (:class:`Capabilities`).
+* optionally ``search_space``: a define-by-run classmethod that overrides the generic sampler (see
+  :func:`nas.space.suggest_config`), for blocks whose parameters depend on each other or on the model size.
+
+How each kind is constructed and called:
+
+==========  ====================================================  =========================================
+kind        constructor                                           forward
+==========  ====================================================  =========================================
+attention   ``cls(config, dims, position)``                       ``(B, T, C) -> (B, T, C)``
+position    ``cls(config, dims)``                                 see :class:`PositionScheme`
+norm        ``cls(config, dims)``                                 ``(B, T, C) -> (B, T, C)``
+ffn         ``cls(config, dims)``                                 ``(B, T, C) -> (B, T, C)``
+task        ``cls(config)``                                       see :class:`Task`
+==========  ====================================================  =========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterator, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+__all__ = [
+    "BlockConfig",
+    "Capabilities",
+    "Dims",
+    "PositionScheme",
+    "Task",
+    "Batch",
+    "POSITION_MODES",
+]
+
+#: Where a position scheme acts: added to the token embeddings, rotating queries and keys, or as an
+#: additive bias on attention scores. ``none`` adds no position information at all.
+POSITION_MODES = ("none", "embedding", "rotary", "bias")
+PositionMode = Literal["none", "embedding", "rotary", "bias"]
+
+
+class BlockConfig(BaseModel):
+    """Base class of every block's config. Subclasses add ``type: Literal["name"] = "name"`` and their fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Class-level facts about a block that the controller checks before sampling or building anything.
+
+    Only the fields relevant to a block's kind matter; the rest keep their defaults.
+    """
+
+    causal: bool = True
+    """Can run causally (output at t depends only on inputs <= t). Needed by decoder tasks."""
+    bidirectional: bool = True
+    """Can run without a causal mask (encoder / classification tasks)."""
+    needs_gpu: bool = False
+    """Only runs on CUDA; filtered out on CPU-only machines."""
+    positions: frozenset[str] = field(default_factory=lambda: frozenset({"none", "embedding"}))
+    """attention only: the position modes (see ``POSITION_MODES``) this attention can take."""
+    position_mode: str = "none"
+    """position only: where this scheme acts (one of ``POSITION_MODES``)."""
+
+    def describe(self, kind: str) -> dict:
+        """The capabilities that matter for ``kind``, as plain JSON-able values."""
+        out: dict = {"needs_gpu": self.needs_gpu}
+        if kind == "attention":
+            out.update(causal=self.causal, bidirectional=self.bidirectional,
+                       positions=sorted(self.positions))
+        elif kind == "position":
+            out["position_mode"] = self.position_mode
+        return out
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The model-level sizes every block is built for (sampled before the blocks)."""
+
+    d_model: int  # residual stream width C
+    n_heads: int  # attention heads H
+    seq_len: int  # longest sequence the model sees T
+    causal: bool  # decoder (causal) or encoder (bidirectional)
+    n_layers: int = 1
+
+    @property
+    def head_dim(self) -> int:  # D = C / H
+        return self.d_model // self.n_heads
+
+
+class PositionScheme(nn.Module):
+    """Base class of position blocks. One instance is shared by the embedding and every attention layer.
+
+    The model calls :meth:`embed` once on the token embeddings; each attention calls :meth:`rotate` on its
+    queries and keys and adds :meth:`score_bias` to its attention scores. A scheme overrides only the hooks
+    of its ``capabilities.position_mode``; the defaults do nothing.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(position_mode="none")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        return x
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (B, H, T, D)
+        return q, k
+
+    def score_bias(self, t_q: int, t_k: int) -> torch.Tensor | None:  # -> (H, Tq, Tk) or None
+        return None
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""``(inputs, targets)``; targets use -100 for positions that carry no loss."""
+
+
+class Task:
+    """Base class of task plugins: the data, the input embedding and the quality metrics of one problem.
+
+    A task is built once per trial from its config. Data is generated or read locally; nothing is
+    downloaded. ``causal`` tasks predict a target per position (decoder); the others predict one class per
+    sequence (encoder with mean pooling).
+    """
+
+    Config: ClassVar[type[BlockConfig]]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: metric name -> "maximize" | "minimize"; the first one is the task's headline metric.
+    metrics: ClassVar[dict[str, str]] = {"accuracy": "maximize"}
+    causal: ClassVar[bool] = True
+
+    def __init__(self, config: BlockConfig):
+        self.config = config
+
+    @property
+    def seq_len(self) -> int:
+        """Length of every input sequence."""
+        raise NotImplementedError
+
+    @property
+    def num_outputs(self) -> int:
+        """Vocabulary size (causal tasks) or number of classes."""
+        raise NotImplementedError
+
+    def embedding(self, d_model: int) -> nn.Module:
+        """A module mapping a batch's inputs to ``(B, T, C)`` token embeddings."""
+        raise NotImplementedError
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """An endless, seeded stream of training batches."""
+        raise NotImplementedError
+
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The held-out set, the same on every call."""
+        raise NotImplementedError
+
+    def example_batch(self, batch_size: int) -> Batch:
+        """A batch of the right shapes and dtypes for timing and memory measurement."""
+        return next(iter(self.train_batches(batch_size, seed=0)))
+
+    def evaluate(self, model: nn.Module, batch_size: int, device: torch.device) -> dict[str, float]:
+        """Quality metrics on the held-out set. The default: accuracy over targets != -100."""
+        correct = total = 0
+        with torch.inference_mode():
+            for x, y in self.eval_batches(batch_size):
+                x, y = x.to(device), y.to(device)
+                pred = model(x).argmax(-1)
+                mask = y != -100
+                correct += (pred[mask] == y[mask]).sum().item()
+                total += mask.sum().item()
+        return {"accuracy": correct / max(total, 1)}

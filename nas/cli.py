@@ -1,0 +1,176 @@
+"""The ``nas`` command. Exit codes: 0 success, 1 a trial or run failed, 2 bad input (file, flag, plugin)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import registry
+from .registry import KINDS
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line; printed as one line and exits 2."""
+
+
+def _load(path: str, quiet: bool = False) -> Any:
+    from .spec import load_spec
+
+    loaded = load_spec(path)
+    if not quiet:
+        for w in loaded.warnings:
+            print(f"warning: {w.format(path)}", file=sys.stderr)
+    return loaded
+
+
+# --- nas validate ----------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    for path in args.files:
+        _load(path)
+        print(f"{path}: ok")
+    return 0
+
+
+# --- nas plugins -----------------------------------------------------------------------------------
+def _plugin_rows(kind: str | None) -> list[dict[str, Any]]:
+    registry.load_plugins()
+    rows = []
+    for e in registry.entries(kind):
+        params = {k: v for k, v in e.config.model_json_schema().get("properties", {}).items() if k != "type"}
+        rows.append({
+            "kind": e.kind, "name": e.name, "provider": e.provider, "version": e.version,
+            "class": f"{e.cls.__module__}.{e.cls.__qualname__}", "summary": e.summary,
+            "capabilities": e.capabilities.describe(e.kind), "parameters": params,
+        })
+    return rows
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    if args.kind is not None and args.kind not in KINDS:
+        raise UsageError(f"unknown kind '{args.kind}'{registry.did_you_mean(args.kind, KINDS)} "
+                         f"valid: {', '.join(KINDS)}")
+    rows = _plugin_rows(args.kind)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for r in rows:
+        params = ", ".join(f"{k}={p.get('default', '?')}" for k, p in r["parameters"].items()) or "-"
+        caps = ", ".join(f"{k}={v}" for k, v in r["capabilities"].items())
+        print(f"{r['kind']:<10} {r['name']:<14} {r['provider']} {r['version']}")
+        print(f"{'':<10} {r['summary']}")
+        print(f"{'':<10} params: {params}")
+        print(f"{'':<10} capabilities: {caps}")
+    return 0
+
+
+# --- nas schema ------------------------------------------------------------------------------------
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .spec import spec_model
+
+    registry.load_plugins(args.plugin or ())
+    schema = spec_model().model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "nas search space"
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+# --- nas trial -------------------------------------------------------------------------------------
+def sample_one(spec: Any, seed: int):
+    """Sample one architecture with a seeded random sampler (the same code path a search uses)."""
+    import optuna
+
+    from .space import sample_architecture
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    return sample_architecture(spec, study.ask())
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from .space import Architecture
+    from .trial import run_trial
+
+    loaded = _load(args.space, quiet=args.json)
+    spec = loaded.spec
+    if args.arch:
+        from . import yamlio
+
+        try:
+            data, _ = yamlio.load(args.arch)
+            arch = Architecture.model_validate(data)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--arch {args.arch}: {exc}") from None
+    else:
+        arch = sample_one(spec, spec.training.seed if args.seed is None else args.seed)
+    if not args.json:
+        print(f"architecture: {arch.summary()}")
+    log = None if args.json else (lambda step, loss: print(f"  step {step:>5}  loss {loss:.4f}", flush=True))
+    result = run_trial(spec, arch, on_log=log)
+    if args.json:
+        out = result.to_dict()
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        print(f"status: {result.status}" + (f" ({result.reason})" if result.reason else ""))
+        for k, v in result.metrics.items():
+            print(f"  {k:<18} {v:.6g}")
+        print(f"  device: {result.info['device']}; {result.info['seconds']:.1f} s")
+        if result.status == "failed" and "traceback" in result.info:
+            print(result.info["traceback"], file=sys.stderr)
+    return 0 if result.status == "ok" else EXIT_FAILED
+
+
+# --- entry point -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas", description="Neural architecture search for efficient Transformers")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check search-space files; list every problem with its line")
+    p.add_argument("files", nargs="+", metavar="SPACE.yaml")
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("plugins", help="list registered blocks, their parameters and capabilities")
+    p.add_argument("--kind", help=f"only this kind ({', '.join(KINDS)})")
+    p.add_argument("--json", action="store_true", help="machine-readable, with each block's JSON Schema")
+    p.set_defaults(fn=cmd_plugins)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of search-space files (for editor completion)")
+    p.add_argument("--plugin", action="append", metavar="MODULE", help="also import this plugin module")
+    p.set_defaults(fn=cmd_schema)
+
+    p = sub.add_parser("trial", help="sample (or take) one architecture, train it, measure it")
+    p.add_argument("space", metavar="SPACE.yaml")
+    p.add_argument("--seed", type=int, help="sampling seed (default: training.seed)")
+    p.add_argument("--arch", metavar="FILE", help="a fixed architecture (JSON or YAML) instead of sampling")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(fn=cmd_trial)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .registry import PluginError, RegistryError
+    from .spec import SpecError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as exc:
+        print(f"{len(exc.problems)} problem(s) in {exc.source}:", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p.format(exc.source)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, PluginError, RegistryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Define-by-run sampling: from a validated spec and an Optuna trial to a concrete :class:`Architecture`.
+
+Parameter names are namespaced and stable, so Optuna's samplers can learn across trials:
+``model.d_model``, ``position.type``, ``position.rope.base``, ``attention.type`` (shared across layers) or
+``layers.3.attention.type`` (``model.per_layer: true``), ``layers.3.attention.softmax.dropout``. A block's
+parameters appear only when that block is chosen.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from . import registry
+from .blocks import BlockConfig, Dims
+from .spec import FloatRange, IntRange, usable_blocks
+
+__all__ = ["Architecture", "LayerArch", "sample_architecture", "suggest_value", "suggest_config", "Suggest"]
+
+
+class Suggest(Protocol):
+    """The part of ``optuna.Trial`` that sampling uses (``optuna.trial.FixedTrial`` works too)."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int: ...
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float: ...
+
+
+class LayerArch(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    attention: dict[str, Any]
+    norm: dict[str, Any]
+    ffn: dict[str, Any]
+
+
+class Architecture(BaseModel):
+    """One concrete model: sizes plus the full config (``type`` and every field) of every block."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    d_model: int
+    n_heads: int
+    n_layers: int
+    norm_placement: str
+    position: dict[str, Any]
+    layers: list[LayerArch]
+
+    def dims(self, seq_len: int, causal: bool) -> Dims:
+        return Dims(self.d_model, self.n_heads, seq_len, causal, self.n_layers)
+
+    def flat(self) -> dict[str, Any]:
+        """Flat ``{"layers.0.attention.type": "softmax", ...}`` params, one entry per layer (for MLflow)."""
+        out: dict[str, Any] = {k: getattr(self, k) for k in ("d_model", "n_heads", "n_layers", "norm_placement")}
+        out.update({f"position.{k}": v for k, v in self.position.items()})
+        for i, layer in enumerate(self.layers):
+            for kind in ("attention", "norm", "ffn"):
+                out.update({f"layers.{i}.{kind}.{k}": v for k, v in getattr(layer, kind).items()})
+        return out
+
+    def summary(self) -> str:
+        """A short human-readable label, e.g. ``softmax+rope d64 L2 H4``."""
+        attn = "/".join(dict.fromkeys(layer.attention["type"] for layer in self.layers))
+        return f"{attn}+{self.position['type']} d{self.d_model} L{self.n_layers} H{self.n_heads}"
+
+
+def suggest_value(trial: Suggest, name: str, space: Any) -> Any:
+    """One value from a space entry: a fixed value, a list of choices, or an int/float range."""
+    if isinstance(space, list):
+        return space[0] if len(space) == 1 else trial.suggest_categorical(name, space)
+    if isinstance(space, IntRange):
+        return trial.suggest_int(name, space.low, space.high, step=space.step, log=space.log)
+    if isinstance(space, FloatRange):
+        return trial.suggest_float(name, space.low, space.high, step=space.step, log=space.log)
+    return space
+
+
+def suggest_config(trial: Suggest, entry: BaseModel, config: type[BlockConfig], prefix: str) -> BlockConfig:
+    """The generic define-by-run space of a block: each field given in ``entry`` is suggested on its own."""
+    values = {"type": entry.type}  # type: ignore[attr-defined]
+    for field in config.model_fields:
+        space = getattr(entry, field, None)
+        if field != "type" and space is not None:
+            values[field] = suggest_value(trial, f"{prefix}.{field}", space)
+    return config.model_validate(values)
+
+
+def _suggest_block(trial: Suggest, kind: str, prefix: str, entries: list[Any], dims: Dims) -> dict[str, Any]:
+    types = [e.type for e in entries]
+    name = types[0] if len(types) == 1 else trial.suggest_categorical(f"{prefix}.type", types)
+    entry = entries[types.index(name)]
+    cls = registry.get(kind, name).cls
+    space_fn = getattr(cls, "search_space", None)
+    if space_fn is not None:  # the block's own define-by-run space
+        config = space_fn(trial, entry, dims, f"{prefix}.{name}")
+    else:
+        config = suggest_config(trial, entry, cls.Config, f"{prefix}.{name}")
+    return config.model_dump()
+
+
+def sample_architecture(spec: Any, trial: Suggest, device: str | None = None) -> Architecture:
+    """Sample one architecture. Blocks the task, device or position scheme rule out are never offered."""
+    m = spec.model
+    task = registry.get("task", spec.task.type).cls
+    usable = usable_blocks(spec, device)[0]
+    d_model = suggest_value(trial, "model.d_model", m.d_model)
+    n_heads = suggest_value(trial, "model.n_heads", m.n_heads)
+    n_layers = suggest_value(trial, "model.n_layers", m.n_layers)
+    placement = suggest_value(trial, "model.norm_placement", m.norm_placement)
+    dims = Dims(d_model, n_heads, 0, task.causal, n_layers)  # seq_len is the task's, not searched
+
+    position = _suggest_block(trial, "position", "position", usable["position"], dims)
+    mode = registry.get("position", position["type"]).capabilities.position_mode
+    attention = [a for a in usable["attention"] if mode in registry.get("attention", a.type).capabilities.positions]
+    # A reduced choice set gets its own parameter name: Optuna needs a fixed set of choices per name.
+    attn_suffix = "" if len(attention) == len(usable["attention"]) else f"|position={mode}"
+
+    def layer(prefix: str) -> LayerArch:
+        return LayerArch(
+            attention=_suggest_block(trial, "attention", prefix + "attention" + attn_suffix, attention, dims),
+            norm=_suggest_block(trial, "norm", prefix + "norm", usable["norm"], dims),
+            ffn=_suggest_block(trial, "ffn", prefix + "ffn", usable["ffn"], dims),
+        )
+
+    if m.per_layer:
+        layers = [layer(f"layers.{i}.") for i in range(n_layers)]
+    else:
+        layers = [layer("")] * n_layers
+    return Architecture(d_model=d_model, n_heads=n_heads, n_layers=n_layers, norm_placement=placement,
+                        position=position, layers=layers)
+
+
+def block_config(kind: str, config: dict[str, Any]) -> BlockConfig:
+    """The validated config object of a block from its dict form (as stored in an Architecture)."""
+    return registry.get(kind, config["type"]).config.model_validate(config)
+

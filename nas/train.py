@@ -1,0 +1,130 @@
+"""The trainer of one trial: AdamW, warm-up + cosine schedule, autocast, optional checkpointing and compile."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import Batch, Task
+from .spec import ScheduleConfig, TrainingConfig
+
+__all__ = ["TrainResult", "NonFiniteLoss", "train", "pick_device", "autocast", "loss_fn", "make_optimizer",
+           "seed_everything"]
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; the trial stops with this as its reason."""
+
+
+@dataclass
+class TrainResult:
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) every log_every steps
+    steps: int = 0
+    seconds: float = 0.0
+    final_loss: float = math.nan
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA). Data streams have their own seeded generators."""
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over every target that is not -100; works for (B, T, V) and (B, classes) logits."""
+    return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms, biases or 1-d scales)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    o = cfg.optimizer
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
+def lr_factor(schedule: ScheduleConfig, steps: int) -> Callable[[int], float]:
+    """Linear warm-up to the peak, then constant or cosine decay to ``min_lr_ratio`` of the peak."""
+    warm = min(schedule.warmup_steps, steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if schedule.type == "constant":
+            return 1.0
+        progress = (step - warm) / max(steps - warm, 1)
+        return schedule.min_lr_ratio + (1 - schedule.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.device,
+          batches: Iterator[Batch] | None = None, on_log: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train ``model`` in place for ``cfg.steps`` steps. Raises :class:`NonFiniteLoss` on NaN/inf loss.
+
+    Deterministic for a fixed ``cfg.seed`` on the same device and thread count.
+    """
+    model.to(device).train()
+    if hasattr(model, "checkpointing"):
+        model.checkpointing = cfg.grad_checkpointing
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule, cfg.steps))
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
+    forward = torch.compile(model) if cfg.compile else model
+    batches = batches if batches is not None else task.train_batches(cfg.batch_size, seed=cfg.seed)
+    result = TrainResult()
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, cfg.precision):
+            loss = loss_fn(forward(x), y)
+            aux = model.aux_loss() if hasattr(model, "aux_loss") else None
+            total = loss + aux if aux is not None else loss
+        if not torch.isfinite(total):
+            raise NonFiniteLoss(f"non-finite loss ({total.item()}) at step {step}")
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+        else:
+            total.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.steps = step + 1
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            value = loss.item()
+            result.curve.append((step, value))
+            if on_log is not None:
+                on_log(step, value)
+    result.final_loss = result.curve[-1][1] if result.curve else math.nan
+    result.seconds = time.perf_counter() - start
+    return result

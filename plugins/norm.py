@@ -1,0 +1,35 @@
+"""Built-in norms. Their placement (pre / post) is a model-level choice, see ``model.norm_placement``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from nas import BlockConfig, Dims, register
+
+
+@register("norm", "layernorm")
+class LayerNorm(nn.LayerNorm):
+    """Layer normalization (Ba et al. 2016): zero mean, unit variance, learned scale and shift."""
+
+    class Config(BlockConfig):
+        type: Literal["layernorm"] = "layernorm"
+        eps: float = Field(1e-5, gt=0)
+        bias: bool = True
+
+    def __init__(self, config: Config, dims: Dims):
+        super().__init__(dims.d_model, eps=config.eps, bias=config.bias)
+
+
+@register("norm", "rmsnorm")
+class RMSNorm(nn.RMSNorm):
+    """Root-mean-square normalization (Zhang & Sennrich 2019): rescales by the RMS, no centring, no bias."""
+
+    class Config(BlockConfig):
+        type: Literal["rmsnorm"] = "rmsnorm"
+        eps: float = Field(1e-6, gt=0)
+
+    def __init__(self, config: Config, dims: Dims):
+        super().__init__(dims.d_model, eps=config.eps)

@@ -1,0 +1,255 @@
+"""Built-in tasks: MQAR (synthetic recall), byte-level language modelling on local files, 8x8 digits.
+
+None downloads anything: MQAR is generated, text is read from the user's files, digits ship with
+scikit-learn.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from nas import Batch, BlockConfig, Task, register
+
+
+# --- MQAR --------------------------------------------------------------------------------------------
+def mqar_examples(n: int, vocab_size: int, seq_len: int, num_kv_pairs: int, power_a: float,
+                  generator: torch.Generator) -> Batch:
+    """Multi-query associative recall with the semantics of Zoology (Arora et al. 2023, arXiv 2312.04927).
+
+    Each sequence starts with ``num_kv_pairs`` key-value pairs (keys drawn without replacement from ids
+    1..V/2-1, values from V/2..V-1); then each key is queried again at a gap drawn from a power law (short
+    gaps likelier), followed by its value. Only the query positions carry a target: the value that follows.
+    Other positions hold token 0 and target -100 (ignored).
+    """
+    ctx = 2 * num_kv_pairs
+    key_vocab = vocab_size // 2
+    keys = torch.rand(n, key_vocab - 1, generator=generator).argsort(dim=1)[:, :num_kv_pairs] + 1  # (N, K)
+    vals = torch.randint(key_vocab, vocab_size, (n, num_kv_pairs), generator=generator)  # (N, K)
+    kvs = torch.stack([keys, vals], dim=-1).reshape(n, ctx)  # k0 v0 k1 v1 ...
+    slots = (seq_len + 1 - ctx) // 2  # each query takes two positions: the key, then its value
+    p = power_a * torch.arange(1, slots + 1, dtype=torch.float64) ** (power_a - 1)
+    gaps = torch.multinomial((p / p.sum()).float().expand(n, slots), num_kv_pairs, replacement=False,
+                             generator=generator)  # (N, K) slot index of each query
+    queries = torch.zeros(n, seq_len + 1 - ctx, dtype=torch.long)
+    queries.scatter_(1, 2 * gaps, keys)
+    queries.scatter_(1, 2 * gaps + 1, vals)
+    seq = torch.cat([kvs, queries], dim=1)  # (N, T + 1)
+    inputs = seq[:, :-1]
+    targets = torch.full_like(inputs, -100)
+    targets.scatter_(1, ctx + 2 * gaps, vals)  # at each query key, predict its value
+    return inputs, targets
+
+
+@register("task", "mqar")
+class MQAR(Task):
+    """Multi-query associative recall (Zoology, arXiv 2312.04927); metric: accuracy at the query positions.
+
+    Attention solves it at small width; gated convolutions and small-state linear attention need more width
+    as the sequence and the number of pairs grow, which makes it a sharp test of sequence mixers.
+    """
+
+    class Config(BlockConfig):
+        type: Literal["mqar"] = "mqar"
+        vocab_size: int = Field(8192, ge=8, description="keys use ids 1..V/2-1, values V/2..V-1")
+        seq_len: int = Field(64, ge=4)
+        num_kv_pairs: int = Field(4, ge=1)
+        power_a: float = Field(0.01, gt=0, le=1, description="power-law exponent of the query gaps")
+        test_examples: int = Field(1000, ge=1)
+        test_seed: int = Field(1234, description="seed of the held-out set (training uses training.seed)")
+
+        @model_validator(mode="after")
+        def _fits(self) -> "MQAR.Config":
+            if self.num_kv_pairs > self.vocab_size // 2 - 1:
+                raise ValueError(f"num_kv_pairs ({self.num_kv_pairs}) exceeds the {self.vocab_size // 2 - 1} "
+                                 f"distinct keys of vocab_size {self.vocab_size}")
+            if 4 * self.num_kv_pairs > self.seq_len + 1:
+                raise ValueError(f"seq_len {self.seq_len} is too short for {self.num_kv_pairs} pairs and their "
+                                 f"queries; need seq_len >= {4 * self.num_kv_pairs - 1}")
+            return self
+
+    causal = True
+    metrics = {"accuracy": "maximize"}
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def num_outputs(self) -> int:
+        return self.config.vocab_size
+
+    def embedding(self, d_model: int) -> nn.Module:
+        return nn.Embedding(self.config.vocab_size, d_model)
+
+    def _make(self, n: int, generator: torch.Generator) -> Batch:
+        c = self.config
+        return mqar_examples(n, c.vocab_size, c.seq_len, c.num_kv_pairs, c.power_a, generator)
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            yield self._make(batch_size, g)
+
+    @cached_property
+    def _test(self) -> Batch:
+        return self._make(self.config.test_examples, torch.Generator().manual_seed(self.config.test_seed))
+
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        x, y = self._test
+        for i in range(0, len(x), batch_size):
+            yield x[i: i + batch_size], y[i: i + batch_size]
+
+
+# --- byte-level language modelling ------------------------------------------------------------------
+@register("task", "text")
+class ByteText(Task):
+    """Byte-level language modelling on local text files; metrics: bits per byte and next-byte accuracy.
+
+    The files are concatenated; the last ``valid_fraction`` of the bytes is held out. Paths and globs are
+    resolved against the current directory.
+    """
+
+    class Config(BlockConfig):
+        type: Literal["text"] = "text"
+        paths: list[str] = Field(min_length=1, description="files or glob patterns of UTF-8 or binary text")
+        seq_len: int = Field(128, ge=2)
+        valid_fraction: float = Field(0.1, gt=0, lt=1)
+        max_eval_windows: int = Field(256, ge=1)
+
+        @field_validator("paths")
+        @classmethod
+        def _exist(cls, paths: list[str]) -> list[str]:
+            missing = [p for p in paths if not glob.glob(p)]
+            if missing:
+                raise ValueError(f"no file matches {', '.join(repr(m) for m in missing)} "
+                                 f"(relative to {Path.cwd()})")
+            return paths
+
+    causal = True
+    metrics = {"bits_per_byte": "minimize", "accuracy": "maximize"}
+
+    @cached_property
+    def _data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        files = sorted({f for p in self.config.paths for f in glob.glob(p)})
+        data = torch.frombuffer(bytearray(b"".join(Path(f).read_bytes() for f in files)), dtype=torch.uint8).long()
+        split = int(len(data) * (1 - self.config.valid_fraction))
+        train, valid = data[:split], data[split:]
+        need = self.config.seq_len + 1
+        if len(train) < need or len(valid) < need:
+            raise ValueError(f"text task: {len(data)} bytes is too little for seq_len {self.config.seq_len} "
+                             f"with valid_fraction {self.config.valid_fraction}")
+        return train, valid
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def num_outputs(self) -> int:
+        return 256
+
+    def embedding(self, d_model: int) -> nn.Module:
+        return nn.Embedding(256, d_model)
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        train, T = self._data[0], self.config.seq_len
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            starts = torch.randint(0, len(train) - T - 1 + 1, (batch_size,), generator=g)
+            window = torch.stack([train[s: s + T + 1] for s in starts.tolist()])
+            yield window[:, :-1], window[:, 1:]
+
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        valid, T = self._data[1], self.config.seq_len
+        n = min((len(valid) - 1) // T, self.config.max_eval_windows)
+        windows = torch.stack([valid[i * T: i * T + T + 1] for i in range(n)])
+        for i in range(0, n, batch_size):
+            w = windows[i: i + batch_size]
+            yield w[:, :-1], w[:, 1:]
+
+    def evaluate(self, model: nn.Module, batch_size: int, device: torch.device) -> dict[str, float]:
+        nats = correct = total = 0.0
+        with torch.inference_mode():
+            for x, y in self.eval_batches(batch_size):
+                x, y = x.to(device), y.to(device)
+                logits = model(x).float()
+                nats += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+                correct += (logits.argmax(-1) == y).sum().item()
+                total += y.numel()
+        return {"bits_per_byte": nats / total / math.log(2), "accuracy": correct / total}
+
+
+# --- digits -------------------------------------------------------------------------------------------
+class PatchEmbedding(nn.Module):
+    """Linear patch embedding of (B, T, P) pixel patches, ViT-style (Dosovitskiy et al. 2020)."""
+
+    def __init__(self, patch_dim: int, d_model: int):
+        super().__init__()
+        self.proj = nn.Linear(patch_dim, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, P) -> (B, T, C)
+        return self.proj(x)
+
+
+@register("task", "digits")
+class Digits(Task):
+    """Classify the 1,797 real 8x8 handwritten digits bundled with scikit-learn (UCI optdigits test set) from
+    a sequence of pixel patches, ViT-style; metric: test accuracy."""
+
+    class Config(BlockConfig):
+        type: Literal["digits"] = "digits"
+        patch_size: Literal[1, 2, 4] = Field(2, description="patch side in pixels; T = (8 / patch_size)^2")
+        test_fraction: float = Field(0.2, gt=0, lt=1)
+        split_seed: int = 0
+
+    causal = False
+    metrics = {"accuracy": "maximize"}
+
+    @cached_property
+    def _data(self) -> tuple[Batch, Batch]:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
+            raise ImportError("the digits task needs scikit-learn: pip install scikit-learn") from exc
+        d = load_digits()
+        p = self.config.patch_size
+        images = torch.tensor(d.images, dtype=torch.float32) / 16.0  # (N, 8, 8) in [0, 1]
+        patches = images.unfold(1, p, p).unfold(2, p, p).reshape(len(images), -1, p * p)  # (N, T, P)
+        labels = torch.tensor(d.target, dtype=torch.long)
+        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.config.split_seed))
+        n_test = int(len(images) * self.config.test_fraction)
+        test, train = perm[:n_test], perm[n_test:]
+        return (patches[train], labels[train]), (patches[test], labels[test])
+
+    @property
+    def seq_len(self) -> int:
+        return (8 // self.config.patch_size) ** 2
+
+    @property
+    def num_outputs(self) -> int:
+        return 10
+
+    def embedding(self, d_model: int) -> nn.Module:
+        return PatchEmbedding(self.config.patch_size ** 2, d_model)
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        x, y = self._data[0]
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            for idx in torch.randperm(len(x), generator=g).split(batch_size):
+                if len(idx) == batch_size:
+                    yield x[idx], y[idx]
+
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        x, y = self._data[1]
+        for i in range(0, len(x), batch_size):
+            yield x[i: i + batch_size], y[i: i + batch_size]
