@@ -189,7 +189,7 @@ class SpecBase(Strict):
 
 
 # --- plugin-dependent sections ------------------------------------------------------------------------
-def block_space_model(config: type[BlockConfig]) -> type[BaseModel]:
+def block_space_model(config: type[BlockConfig], title: str) -> type[BaseModel]:
     """The space model of one block: each config field becomes fixed / list of choices / range."""
     fields: dict[str, Any] = {}
     for fname, finfo in config.model_fields.items():
@@ -198,13 +198,16 @@ def block_space_model(config: type[BlockConfig]) -> type[BaseModel]:
             continue
         annotation = Annotated[(finfo.annotation, *finfo.metadata)] if finfo.metadata else finfo.annotation
         fields[fname] = (_searchable(annotation) | None, Field(None, description=finfo.description))
-    return create_model(
-        f"{config.__name__}Space", __config__=ConfigDict(extra="forbid", frozen=True), __doc__=config.__doc__, **fields
-    )
+    return create_model(title, __config__=ConfigDict(extra="forbid", frozen=True, title=title), __doc__=config.__doc__,
+                        **fields)
 
 
 def _union(kind: str, space: bool) -> Any:
-    models = [block_space_model(e.config) if space else e.config for e in registry.entries(kind)]
+    models = [
+        block_space_model(e.config, f"{kind}_{e.name}") if space
+        else create_model(f"{kind}_{e.name}", __base__=e.config)  # a subclass, named for the JSON Schema
+        for e in registry.entries(kind)
+    ]
     if not models:
         raise registry.RegistryError(f"no {kind} blocks are registered; is the `nas` package installed?")
     if len(models) == 1:
@@ -227,14 +230,15 @@ def spec_model() -> type[SpecBase]:
         default = _DEFAULT_BLOCKS[kind]
         space_fields[kind] = (
             Annotated[list[union], Field(min_length=1)],  # type: ignore[valid-type]
-            Field(default_factory=lambda d=default: [{"type": d}], description=f"{kind} blocks to choose from"),
+            Field(default_factory=lambda d=default: [{"type": d}], validate_default=True,
+                  description=f"{kind} blocks to choose from (default: {default})"),
         )
     space = create_model("Space", __config__=ConfigDict(extra="forbid", frozen=True), **space_fields)
     model = create_model(
         "SearchSpaceFile",
         __base__=SpecBase,
         task=(_union("task", space=False), Field(description="the problem to solve; fixed for a search")),
-        space=(space, Field(default_factory=lambda: space.model_validate({}))),
+        space=(space, Field(default_factory=dict, validate_default=True)),
     )
     _cache[key] = model
     return model
@@ -302,7 +306,11 @@ def load_spec(path: str | Path, device: str | None = None) -> LoadedSpec:
     try:
         spec = spec_model().model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, _problems_from_validation(exc, data, locs)) from None
+        problems = _problems_from_validation(exc, data, locs)
+        problems += _partial_checks(data, {p.path for p in problems})
+        for p in problems:
+            p.line = p.line or locs.line_of(p.path)
+        raise SpecError(source, sorted(problems, key=lambda p: p.line or 0)) from None
 
     problems, warnings = check_semantics(spec, device)
     for p in problems + warnings:
@@ -313,7 +321,12 @@ def load_spec(path: str | Path, device: str | None = None) -> LoadedSpec:
 
 
 def _data_path(loc: tuple, data: Any) -> tuple[str | int, ...]:
-    """Map a pydantic error location onto the path in the data, skipping union-member tags."""
+    """Map a pydantic error location onto the path in the data, skipping union-member tags.
+
+    Pydantic puts the chosen union member into the location (``task.mqar.seq_len``, ``expansion.IntRange``,
+    ``constrained-int``); those parts are not keys of the file. Field names in our models are lower-case
+    identifiers, so anything else that is not a key of the data is a tag.
+    """
     path: list[str | int] = []
     node = data
     for part in loc:
@@ -323,32 +336,33 @@ def _data_path(loc: tuple, data: Any) -> tuple[str | int, ...]:
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             path.append(part)
-        elif isinstance(node, dict) and isinstance(part, str) and not _is_union_tag(part):
-            path.append(part)  # a missing or extra key: name it even though it is not in the data
+        elif isinstance(node, dict) and isinstance(part, str) and part != node.get("type") and _is_field_name(part):
+            path.append(part)  # a missing key: name it even though it is not in the data
             node = None
     return tuple(path)
 
 
-def _is_union_tag(part: str) -> bool:
-    return any(c in part for c in "[]()") or part in {"int", "float", "str", "bool", "IntRange", "FloatRange"} or (
-        part.endswith("Space") or part.startswith("function-")
-    )
+def _is_field_name(part: str) -> bool:
+    return part.isidentifier() and part.islower() and part not in {"int", "float", "str", "bool", "list", "dict"}
+
+
+_TYPE_MISMATCH = {"int_type", "int_parsing", "float_type", "float_parsing", "list_type", "model_type", "dict_type",
+                  "string_type", "bool_type", "bool_parsing", "model_attributes_type", "is_instance_of"}
 
 
 def _problems_from_validation(exc: ValidationError, data: Any, locs: yamlio.Locations) -> list[Problem]:
-    by_path: dict[tuple, list[str]] = {}
+    by_path: dict[tuple, list[tuple[str, str]]] = {}
     for err in exc.errors(include_url=False):
         path = _data_path(err["loc"], data)
-        msg = _message(err, path, data)
-        msgs = by_path.setdefault(path, [])
-        if msg not in msgs:
-            msgs.append(msg)
+        entry = (err["type"], _message(err, path, data))
+        if entry not in by_path.setdefault(path, []):
+            by_path[path].append(entry)
     problems = []
-    for path, msgs in by_path.items():
-        if len(msgs) > 1:  # one value that matched no member of a union: say what each member expected
-            msg = "invalid value; expected one of: " + " | ".join(msgs)
-        else:
-            msg = msgs[0]
+    for path, errs in by_path.items():
+        # One value that matched no member of a union gets one error per member. The members whose shape it
+        # has (a mapping for a range, a list for choices) explain it best; the rest only say "wrong type".
+        relevant = [m for t, m in errs if t not in _TYPE_MISMATCH] or [m for _, m in errs]
+        msg = relevant[0] if len(relevant) == 1 else "invalid value; expected one of: " + " | ".join(relevant)
         problems.append(Problem(path, msg, locs.line_of(path)))
     return problems
 
@@ -423,24 +437,63 @@ def values(space_value: Any) -> list[Any] | None:
     return [space_value]
 
 
+def _partial_checks(data: dict, reported: set[tuple]) -> list[Problem]:
+    """Cross-field checks of the sections that did validate, so one run reports as much as possible."""
+    problems: list[Problem] = []
+    model = data.get("model") or {}
+    if isinstance(model, dict):  # check the sizes even when other keys of the section are wrong
+        try:
+            sizes = {k: model[k] for k in ("d_model", "n_heads") if k in model}
+            problems += check_model(ModelSpace.model_validate(sizes))
+        except ValidationError:
+            pass
+    task = data.get("task")
+    if isinstance(task, dict) and task.get("type") in registry.names("task"):
+        try:
+            objectives = [Objective.model_validate(o) for o in data.get("objectives") or []]
+        except (ValidationError, TypeError):
+            return problems
+        problems += check_objectives(objectives, registry.get("task", task["type"]).cls.metrics)
+    return [p for p in problems if p.path not in reported]
+
+
+def check_model(model: ModelSpace) -> list[Problem]:
+    """Every d_model the space can produce must split evenly into every head count it can produce."""
+    d_models, heads = values(model.d_model), values(model.n_heads)
+    if d_models is None or heads is None:
+        return [Problem(("model", "d_model" if d_models is None else "n_heads"),
+                        "use a list of choices or a linear integer range, so every d_model/n_heads pair can be "
+                        "checked for divisibility")]
+    bad = [(d, h) for d, h in itertools.product(d_models, heads) if d % h]
+    if not bad:
+        return []
+    pairs = ", ".join(f"{d}/{h}" for d, h in bad[:6]) + (" ..." if len(bad) > 6 else "")
+    return [Problem(("model", "n_heads"),
+                    f"d_model must be divisible by n_heads; impossible pairs (d_model/n_heads): {pairs}")]
+
+
+def check_objectives(objectives: list[Objective], task_metrics: dict[str, str]) -> list[Problem]:
+    """Objectives must name metrics that exist, once each."""
+    available = {**MEASURED_METRICS, **task_metrics}
+    problems, seen = [], set()
+    for i, obj in enumerate(objectives):
+        if obj.metric not in available:
+            problems.append(Problem(("objectives", i, "metric"),
+                                    f"unknown metric '{obj.metric}'{did_you_mean(obj.metric, available)} "
+                                    f"available: {', '.join(available)}"))
+        elif obj.metric in seen:
+            problems.append(Problem(("objectives", i, "metric"), f"metric '{obj.metric}' is listed twice"))
+        seen.add(obj.metric)
+    return problems
+
+
 def check_semantics(spec: Any, device: str | None = None) -> tuple[list[Problem], list[Problem]]:
     """Checks across fields that the schema cannot express. Returns (errors, warnings)."""
     errors: list[Problem] = []
     warnings: list[Problem] = []
     task_entry = registry.get("task", spec.task.type)
 
-    # Every d_model the space can produce must split evenly into every head count it can produce.
-    d_models, heads = values(spec.model.d_model), values(spec.model.n_heads)
-    if d_models is None or heads is None:
-        errors.append(Problem(("model", "d_model" if d_models is None else "n_heads"),
-                              "use a list of choices or a linear integer range, so every d_model/n_heads pair can "
-                              "be checked for divisibility"))
-    else:
-        bad = [(d, h) for d, h in itertools.product(d_models, heads) if d % h]
-        if bad:
-            pairs = ", ".join(f"{d}/{h}" for d, h in bad[:6]) + (" ..." if len(bad) > 6 else "")
-            errors.append(Problem(("model", "n_heads"),
-                                  f"d_model must be divisible by n_heads; impossible pairs (d_model/n_heads): {pairs}"))
+    errors += check_model(spec.model)
 
     # Blocks that cannot run on this task or device are filtered; if none is left, that is an error.
     cuda = _cuda_available() if device is None else device == "cuda"
@@ -465,17 +518,7 @@ def check_semantics(spec: Any, device: str | None = None) -> tuple[list[Problem]
                                   f"position '{pos.type}' acts as '{mode}', which none of the attention choices "
                                   f"({', '.join(a.type for a in usable['attention'])}) can take"))
 
-    # Objectives must name metrics that exist, once each.
-    available = {**MEASURED_METRICS, **task_entry.cls.metrics}
-    seen = set()
-    for i, obj in enumerate(spec.objectives):
-        if obj.metric not in available:
-            errors.append(Problem(("objectives", i, "metric"),
-                                  f"unknown metric '{obj.metric}'{did_you_mean(obj.metric, available)} "
-                                  f"available: {', '.join(available)}"))
-        elif obj.metric in seen:
-            errors.append(Problem(("objectives", i, "metric"), f"metric '{obj.metric}' is listed twice"))
-        seen.add(obj.metric)
+    errors += check_objectives(spec.objectives, task_entry.cls.metrics)
 
     if spec.training.device == "cuda" and not cuda:
         errors.append(Problem(("training", "device"), "device is 'cuda' but no CUDA GPU is available"))

@@ -1,0 +1,29 @@
+# Two entry points, each doing all of its own set-up:
+#   make quickstart   create .venv, install nas, run the quickstart on embedded defaults
+#   make test         create .venv, install nas + test deps + the example plugin, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+# A CPU build of torch is installed first so that nothing pulls CUDA wheels on a CPU-only machine.
+# On a CUDA machine: make TORCH_SPEC="torch" ...
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: quickstart test install clean
+
+$(BIN)/nas: pyproject.toml examples/nas-example-plugin/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]" -e examples/nas-example-plugin
+	touch $(BIN)/nas
+
+install: $(BIN)/nas
+
+quickstart: $(BIN)/nas
+	$(BIN)/nas trial search_spaces/quickstart.yaml
+
+test: $(BIN)/nas
+	$(BIN)/python -m pytest tests
+
+clean:
+	rm -rf $(VENV) .nas
