@@ -125,6 +125,92 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else EXIT_FAILED
 
 
+# --- nas search / show / ui ----------------------------------------------------------------------
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import SearchAborted, SearchPaths, format_outcome, run_search
+
+    loaded = _load(args.space)
+    root = Path(args.dir or loaded.spec.search.dir)
+    if args.resume and not SearchPaths(root, loaded.spec.name).journal.exists():
+        raise UsageError(f"--resume: no search named '{loaded.spec.name}' under {root} to resume")
+    try:
+        outcome = run_search(loaded, root=root, address=args.address, live=not args.quiet)
+    except SearchAborted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(_outcome_json(outcome), indent=2))
+    else:
+        print(format_outcome(outcome))
+    return EXIT_FAILED if outcome.aborted else 0
+
+
+def _outcome_json(outcome: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {
+        "name": outcome.name, "counts": outcome.counts, "hypervolume": outcome.hypervolume,
+        "reference_point": outcome.reference, "seconds": outcome.seconds, "aborted": outcome.aborted,
+        "mlflow_parent_run_id": outcome.parent_run_id,
+        "objectives": [{"metric": m, "direction": d} for m, d in outcome.front.objectives],
+        "front": [dataclasses.asdict(r) for r in outcome.front.pareto],
+        "pair_fronts": outcome.front.pair_fronts,
+    }
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .report import format_table
+    from .search import SearchOutcome, SearchPaths, _counts, load_study, study_front
+
+    paths = SearchPaths(Path(args.dir), args.name)
+    try:
+        study = load_study(paths)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    front, hv, ref = study_front(study)
+    outcome = SearchOutcome(args.name, front, hv, ref, _counts(study), 0.0,
+                            study.user_attrs.get("mlflow_parent_run_id", ""), paths)
+    failures = [{"trial": t.number, "reason": t.user_attrs.get("reason")} for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("reason")]
+    if args.json:
+        out = _outcome_json(outcome)
+        out.pop("seconds")
+        out["failures"] = failures
+        print(json.dumps(out, indent=2))
+        return 0
+    c = outcome.counts
+    print(f"search '{args.name}' ({paths.journal}): {c['complete']} complete, {c['failed']} failed, "
+          f"{c['infeasible']} infeasible, {c['interrupted']} interrupted")
+    print(f"hypervolume: {hv:.6g} (reference point {ref})" if hv is not None else "hypervolume: -")
+    print("\nPareto front:\n" + format_table(front))
+    if args.all:
+        print("\nAll complete trials:\n" + format_table(front, only_front=False))
+    for f in failures:
+        print(f"trial {f['trial']}: {f['reason']}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from .tracking import tracking_uri
+
+    root = Path(args.dir)
+    if not (root / "mlflow.db").exists():
+        raise UsageError(f"no MLflow store at {root / 'mlflow.db'}; run `nas search SPACE.yaml` first "
+                         "(or pass --dir)")
+    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    cmd = [mlflow_bin, "ui", "--backend-store-uri", tracking_uri(root), "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
 # --- entry point -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas", description="Neural architecture search for efficient Transformers")
@@ -149,6 +235,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="FILE", help="a fixed architecture (JSON or YAML) instead of sampling")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_trial)
+
+    p = sub.add_parser("search", help="run (or resume) a multi-objective search on Ray, logged to MLflow")
+    p.add_argument("space", metavar="SPACE.yaml")
+    p.add_argument("--resume", action="store_true", help="require an existing search of this name (a plain "
+                   "run resumes one anyway)")
+    p.add_argument("--address", help="Ray cluster address (overrides search.address); default: local Ray")
+    p.add_argument("--dir", help="root of the study, MLflow store and artifacts (overrides search.dir)")
+    p.add_argument("--quiet", action="store_true", help="no live progress, only the final front")
+    p.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("show", help="print a search's front and summary from its stored study")
+    p.add_argument("name")
+    p.add_argument("--dir", default=".nas", help="root the search wrote to (default .nas)")
+    p.add_argument("--all", action="store_true", help="also list every complete trial with its rank")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("ui", help="open the MLflow UI (127.0.0.1) on the searches' tracking store")
+    p.add_argument("--dir", default=".nas", help="root the searches wrote to (default .nas)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of starting the UI")
+    p.set_defaults(fn=cmd_ui)
     return parser
 
 

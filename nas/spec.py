@@ -151,6 +151,7 @@ class TrainingConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(128, gt=0)
     log_every: int = Field(10, gt=0, description="steps between points of the logged training curve")
+    workers: int = Field(1, ge=1, description="data-parallel workers for one trial (Ray Train, DDP)")
 
 
 class MeasureConfig(Strict):
@@ -174,6 +175,38 @@ class Constraints(Strict):
     max_infer_memory_mb: float | None = Field(None, gt=0)
 
 
+class SamplerConfig(Strict):
+    """An Optuna sampler and its constructor options (``seed`` comes from ``search.seed``)."""
+
+    type: Literal["random", "tpe", "nsga2", "nsga3", "gp"] = "tpe"
+    options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the Optuna sampler")
+
+
+class ResourcesConfig(Strict):
+    """What one trial reserves on the Ray cluster."""
+
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0, description="a fraction shares one GPU between trials")
+    memory_mb: int | None = Field(None, gt=0, description="address-space limit of a trial's process; over it, "
+                                  "the trial fails as out of memory")
+
+
+class SearchConfig(Strict):
+    n_trials: int = Field(16, gt=0, description="trials to finish (failed ones count; infeasible ones do not)")
+    concurrency: int = Field(2, gt=0, description="trials running at once")
+    sampler: SamplerConfig = SamplerConfig()
+    seed: int = 0
+    resources: ResourcesConfig = ResourcesConfig()
+    retries: int = Field(1, ge=0, description="re-runs of a trial whose worker process died")
+    max_consecutive_failures: int = Field(10, gt=0, description="abort the search after this many failures in a row")
+    address: str | None = Field(None, description="Ray cluster address (e.g. 'auto', 'ray://host:10001'); "
+                                "default: start a local Ray")
+    reference_point: dict[str, float] | None = Field(None, description="hypervolume reference, by metric; "
+                                                     "default: derived from the first trials and recorded")
+    dir: str = Field(".nas", description="where the study, the MLflow store and the artifacts live")
+    save_weights: bool = Field(True, description="store the weights of Pareto-optimal trials in MLflow")
+
+
 class SpecBase(Strict):
     """Fields of a search-space file that do not depend on plugins. See :func:`spec_model`."""
 
@@ -186,6 +219,7 @@ class SpecBase(Strict):
         default_factory=lambda: [Objective(metric="accuracy"), Objective(metric="latency_ms")], min_length=1
     )
     constraints: Constraints = Constraints()
+    search: SearchConfig = SearchConfig()
 
 
 # --- plugin-dependent sections ------------------------------------------------------------------------
@@ -221,7 +255,7 @@ _cache: dict[frozenset, type[SpecBase]] = {}
 
 def spec_model() -> type[SpecBase]:
     """The pydantic model of a search-space file for the blocks registered now."""
-    key = frozenset((e.kind, e.name) for e in registry.entries())
+    key = frozenset((e.kind, e.name, e.cls) for e in registry.entries())  # a name freed by scratch() may return
     if key in _cache:
         return _cache[key]
     space_fields: dict[str, Any] = {}
@@ -375,7 +409,10 @@ def _message(err: dict, path: tuple, data: Any) -> str:
         valid = [f for f in model.model_fields if f != "type"] if model else []
         hint = f"{did_you_mean(key, valid)} valid: {', '.join(valid)}" if valid else ""
         return f"unknown key '{key}'{hint}"
-    if kind in ("union_tag_invalid", "literal_error") and len(path) >= 2 and path[0] in ("space", "task"):
+    # A `type` that names no registered block (a wrong value of any other Literal field is not that).
+    names_a_block = bool(path) and (path[0] == "task" or (path[0] == "space" and len(path) >= 2))
+    bad_type = kind == "union_tag_invalid" or (kind == "literal_error" and path[-1:] == ("type",))
+    if bad_type and names_a_block:
         block_kind = str(path[1]) if path[0] == "space" else "task"
         tag = err["input"] if kind == "literal_error" else err.get("ctx", {}).get("tag")
         valid = registry.names(block_kind)
@@ -520,6 +557,7 @@ def check_semantics(spec: Any, device: str | None = None) -> tuple[list[Problem]
 
     errors += check_objectives(spec.objectives, task_entry.cls.metrics)
 
+    errors += check_search(spec)
     if spec.training.device == "cuda" and not cuda:
         errors.append(Problem(("training", "device"), "device is 'cuda' but no CUDA GPU is available"))
     if spec.training.precision == "fp16" and not cuda and spec.training.device != "cuda":
@@ -554,6 +592,26 @@ def usable_blocks(spec: Any, device: str | None = None) -> tuple[dict[str, list[
             else:
                 usable[kind].append(entry)
     return usable, skipped
+
+
+def check_search(spec: Any) -> list[Problem]:
+    """The sampler must accept its options; a reference point must name each objective."""
+    problems = []
+    try:
+        from .search import make_sampler
+
+        make_sampler(spec)
+    except TypeError as exc:
+        problems.append(Problem(("search", "sampler", "options"), f"not accepted by the {spec.search.sampler.type} "
+                                f"sampler: {exc}"))
+    ref = spec.search.reference_point
+    if ref is not None:
+        metrics = [o.metric for o in spec.objectives]
+        if set(ref) != set(metrics):
+            problems.append(Problem(("search", "reference_point"),
+                                    f"needs exactly one value per objective ({', '.join(metrics)}); got "
+                                    f"{', '.join(ref) or 'none'}"))
+    return problems
 
 
 def _cuda_available() -> bool:

@@ -52,6 +52,9 @@ _Loader.add_implicit_resolver(
 )
 
 
+_MAP_TAG, _SEQ_TAG = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
 @dataclass
 class Locations:
     """Line numbers (1-based) of the values in a loaded file, by path."""
@@ -92,8 +95,12 @@ def loads(text: str, source: str = "<string>") -> tuple[Any, Locations]:
         loader.dispose()
 
 
-def _build(loader: _Loader, node: yaml.Node, path: Path_, locs: Locations) -> Any:
-    locs.lines[path] = node.start_mark.line + 1
+def _build(loader: _Loader, node: yaml.Node, path: Path_, locs: Locations, line: int | None = None) -> Any:
+    """Build ``node``; ``line`` is where its key is (a block mapping value starts on the line after its key)."""
+    locs.lines[path] = line if line is not None else node.start_mark.line + 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in (_MAP_TAG, _SEQ_TAG):
+        # _build assembles collections itself, so a tag on one (!!python/object:..., !!set) would be ignored
+        raise YamlError(f"unsupported YAML value: tag '{node.tag}' is not allowed", node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
         out: dict[Any, Any] = {}
@@ -106,7 +113,7 @@ def _build(loader: _Loader, node: yaml.Node, path: Path_, locs: Locations) -> An
                 raise YamlError(
                     f"duplicate key '{key}' (first defined on line {first})", key_node.start_mark.line + 1
                 )
-            out[key] = _build(loader, value_node, path + (key,), locs)
+            out[key] = _build(loader, value_node, path + (key,), locs, key_node.start_mark.line + 1)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, path + (i,), locs) for i, item in enumerate(node.value)]
