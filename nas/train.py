@@ -80,6 +80,15 @@ def lr_factor(schedule: ScheduleConfig, steps: int) -> Callable[[int], float]:
     return factor
 
 
+def _mean_over_workers(loss: torch.Tensor) -> float:
+    """The loss averaged over data-parallel workers (itself when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        loss = loss.clone()
+        torch.distributed.all_reduce(loss)
+        loss /= torch.distributed.get_world_size()
+    return loss.item()
+
+
 def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.device,
           batches: Iterator[Batch] | None = None, on_log: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` steps. Raises :class:`NonFiniteLoss` on NaN/inf loss.
@@ -87,8 +96,9 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
     Deterministic for a fixed ``cfg.seed`` on the same device and thread count.
     """
     model.to(device).train()
-    if hasattr(model, "checkpointing"):
-        model.checkpointing = cfg.grad_checkpointing
+    core = getattr(model, "module", model)  # the model itself when wrapped in DistributedDataParallel
+    if hasattr(core, "checkpointing"):
+        core.checkpointing = cfg.grad_checkpointing
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule, cfg.steps))
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
@@ -101,7 +111,7 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, cfg.precision):
             loss = loss_fn(forward(x), y)
-            aux = model.aux_loss() if hasattr(model, "aux_loss") else None
+            aux = core.aux_loss() if hasattr(core, "aux_loss") else None
             total = loss + aux if aux is not None else loss
         if not torch.isfinite(total):
             raise NonFiniteLoss(f"non-finite loss ({total.item()}) at step {step}")
@@ -121,7 +131,7 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
         optimizer.zero_grad(set_to_none=True)
         result.steps = step + 1
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            value = loss.item()
+            value = _mean_over_workers(loss.detach())
             result.curve.append((step, value))
             if on_log is not None:
                 on_log(step, value)

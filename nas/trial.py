@@ -65,7 +65,13 @@ def run_trial(spec: Any, arch: Architecture, on_log: Callable[[int, float], None
 
         seed_everything(spec.training.seed)
         model = build_model(arch, task)
-        trained = train(model, task, spec.training, device, on_log=on_log)
+        if spec.training.workers > 1:
+            from .distributed import train_data_parallel
+
+            trained = train_data_parallel(spec, arch, model)
+            model.to(device)
+        else:
+            trained = train(model, task, spec.training, device, on_log=on_log)
         result.curve = trained.curve
         info["train_seconds"] = trained.seconds
         model.eval()
