@@ -1,5 +1,5 @@
 # Two entry points, each doing all of its own set-up:
-#   make quickstart   create .venv, install nas, run the quickstart on embedded defaults
+#   make quickstart   create .venv, install nas, run the quickstart search on embedded defaults
 #   make test         create .venv, install nas + test deps + the example plugin, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,7 +20,7 @@ $(BIN)/nas: pyproject.toml examples/nas-example-plugin/pyproject.toml
 install: $(BIN)/nas
 
 quickstart: $(BIN)/nas
-	$(BIN)/nas trial search_spaces/quickstart.yaml
+	$(BIN)/nas search search_spaces/quickstart.yaml
 
 test: $(BIN)/nas
 	$(BIN)/python -m pytest tests
