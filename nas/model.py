@@ -16,26 +16,36 @@ from . import registry
 from .blocks import Dims, PositionScheme, Task
 from .space import Architecture, block_config
 
-__all__ = ["Layer", "Transformer", "build_model", "count_parameters", "count_flops_per_token", "meta_costs"]
+__all__ = ["Layer", "Transformer", "build_model", "count_parameters", "count_active_parameters",
+           "count_flops_per_token", "meta_costs"]
 
 
 class Layer(nn.Module):
-    """norm -> attention -> residual, norm -> feed-forward -> residual, with pre- or post-norm placement.
+    """norm -> attention -> residual, norm -> feed-forward -> residual, with pre-, post- or sandwich-norm placement.
 
     pre (GPT-2, Llama): x + f(norm(x)); stable without warm-up tricks, needs a final norm.
     post (original Transformer, BERT): norm(x + f(x)); often better when it trains, touchier at depth.
+    sandwich (Ding et al. 2021, CogView): x + norm_out(f(norm(x))); pre-norm whose sub-layer outputs are
+    normalised too, so no residual branch can blow up the stream; needs ``norm_attn_out`` and ``norm_ffn_out``.
     """
 
     def __init__(self, attention: nn.Module, ffn: nn.Module, norm_attn: nn.Module, norm_ffn: nn.Module,
-                 placement: str):
+                 placement: str, norm_attn_out: nn.Module | None = None, norm_ffn_out: nn.Module | None = None):
         super().__init__()
-        if placement not in ("pre", "post"):
-            raise ValueError(f"unknown norm placement '{placement}'; valid: pre, post")
+        if placement not in ("pre", "post", "sandwich"):
+            raise ValueError(f"unknown norm placement '{placement}'; valid: pre, post, sandwich")
+        if (placement == "sandwich") != (norm_attn_out is not None and norm_ffn_out is not None):
+            raise ValueError("norm_attn_out and norm_ffn_out are needed by, and only by, the sandwich placement")
         self.attention, self.ffn = attention, ffn
         self.norm_attn, self.norm_ffn = norm_attn, norm_ffn
-        self.pre = placement == "pre"
+        self.pre, self.sandwich = placement != "post", placement == "sandwich"
+        if self.sandwich:
+            self.norm_attn_out, self.norm_ffn_out = norm_attn_out, norm_ffn_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        if self.sandwich:
+            x = x + self.norm_attn_out(self.attention(self.norm_attn(x)))
+            return x + self.norm_ffn_out(self.ffn(self.norm_ffn(x)))
         if self.pre:
             x = x + self.attention(self.norm_attn(x))
             return x + self.ffn(self.norm_ffn(x))
@@ -87,6 +97,7 @@ def build_model(arch: Architecture, task: Task) -> Transformer:
     def build(kind: str, config: dict[str, Any], *extra: Any) -> nn.Module:
         return registry.build(kind, block_config(kind, config), dims, *extra)
 
+    sandwich = arch.norm_placement == "sandwich"
     layers = [
         Layer(
             attention=build("attention", layer.attention, position),
@@ -94,14 +105,17 @@ def build_model(arch: Architecture, task: Task) -> Transformer:
             norm_attn=build("norm", layer.norm),
             norm_ffn=build("norm", layer.norm),
             placement=arch.norm_placement,
+            norm_attn_out=build("norm", layer.norm) if sandwich else None,
+            norm_ffn_out=build("norm", layer.norm) if sandwich else None,
         )
         for layer in arch.layers
     ]
-    final_norm = build("norm", arch.layers[-1].norm) if arch.norm_placement == "pre" else nn.Identity()
+    final_norm = build("norm", arch.layers[-1].norm) if arch.norm_placement != "post" else nn.Identity()
     embedding = task.embedding(arch.d_model)
     head = nn.Linear(arch.d_model, task.num_outputs)
     for module in (embedding, head):  # GPT-2 style small init for the parts the model itself owns
-        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(getattr(module, "weight", None), torch.Tensor):  # a task's embedding may be any module
+            nn.init.normal_(module.weight, std=0.02)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
     return Transformer(embedding, position, layers, final_norm, head, task.causal)
@@ -112,22 +126,38 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_active_parameters(model: nn.Module) -> int:
+    """Parameters one token uses: all of them, less what blocks report through ``inactive_parameters()``
+    (the experts a mixture-of-experts router does not send the token to)."""
+    inactive = sum(m.inactive_parameters() for m in model.modules() if hasattr(m, "inactive_parameters"))
+    return count_parameters(model) - inactive
+
+
 def count_flops_per_token(model: nn.Module, x: torch.Tensor) -> float:
     """Forward FLOPs per input token, counted by ``torch.utils.flop_counter`` over one forward of ``x``.
 
     Counts matrix multiplications and attention kernels (2 FLOPs per multiply-add; causal attention is counted
     at full T x T, as the kernels compute it), not element-wise ops. Runs on any device, ``meta`` included.
+    What is counted is what the forward computes: a mixture of experts counts the experts' fixed-capacity
+    buffers (``capacity_factor * top_k`` experts per token), not all experts; a sliding window counts its
+    blocks, a masked dense pattern (block-sparse) the full T x T.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    # The counter has no formula for the CPU flash-attention op; count it like every other SDPA kernel.
+    custom = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        custom[cpu_sdpa] = lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)  # shapes
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() / (x.shape[0] * x.shape[1])
 
 
 def meta_costs(arch: Architecture, task: Task, batch: torch.Tensor) -> dict[str, float]:
-    """Parameters and FLOPs per token of ``arch`` without allocating it: built on the meta device."""
+    """Parameters (all, and active per token) and FLOPs per token of ``arch`` without allocating it: built on
+    the meta device."""
     with torch.device("meta"):
         model = build_model(arch, task)
-    return {"params": float(count_parameters(model)),
+    return {"params": float(count_parameters(model)), "params_active": float(count_active_parameters(model)),
             "flops_per_token": count_flops_per_token(model, batch.to("meta"))}

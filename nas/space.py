@@ -8,15 +8,16 @@ parameters appear only when that block is chosen.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from . import registry
 from .blocks import BlockConfig, Dims
-from .spec import FloatRange, IntRange, usable_blocks
+from .spec import FloatRange, IntRange, usable_blocks, values
 
-__all__ = ["Architecture", "LayerArch", "sample_architecture", "suggest_value", "suggest_config", "Suggest"]
+__all__ = ["Architecture", "LayerArch", "sample_architecture", "suggest_value", "suggest_among", "suggest_config",
+           "Suggest"]
 
 
 class Suggest(Protocol):
@@ -45,6 +46,7 @@ class Architecture(BaseModel):
     norm_placement: str
     position: dict[str, Any]
     layers: list[LayerArch]
+    compression: dict[str, Any] = {"type": "none"}  # applied after training, before evaluation and measurement
 
     def dims(self, seq_len: int, causal: bool) -> Dims:
         return Dims(self.d_model, self.n_heads, seq_len, causal, self.n_layers)
@@ -53,6 +55,7 @@ class Architecture(BaseModel):
         """Flat ``{"layers.0.attention.type": "softmax", ...}`` params, one entry per layer (for MLflow)."""
         out: dict[str, Any] = {k: getattr(self, k) for k in ("d_model", "n_heads", "n_layers", "norm_placement")}
         out.update({f"position.{k}": v for k, v in self.position.items()})
+        out.update({f"compression.{k}": v for k, v in self.compression.items()})
         for i, layer in enumerate(self.layers):
             for kind in ("attention", "norm", "ffn"):
                 out.update({f"layers.{i}.{kind}.{k}": v for k, v in getattr(layer, kind).items()})
@@ -61,7 +64,13 @@ class Architecture(BaseModel):
     def summary(self) -> str:
         """A short human-readable label, e.g. ``softmax+rope d64 L2 H4``."""
         attn = "/".join(dict.fromkeys(layer.attention["type"] for layer in self.layers))
-        return f"{attn}+{self.position['type']} d{self.d_model} L{self.n_layers} H{self.n_heads}"
+        label = f"{attn}+{self.position['type']} d{self.d_model} L{self.n_layers} H{self.n_heads}"
+        return label if self.compression["type"] == "none" else f"{label} {self.compression_label()}"
+
+    def compression_label(self) -> str:
+        """``quantize(level=int8)``: the compression type and its settings."""
+        settings = ",".join(f"{k}={v}" for k, v in self.compression.items() if k != "type")
+        return f"{self.compression['type']}({settings})" if settings else self.compression["type"]
 
 
 def suggest_value(trial: Suggest, name: str, space: Any) -> Any:
@@ -75,6 +84,32 @@ def suggest_value(trial: Suggest, name: str, space: Any) -> Any:
     return space
 
 
+def suggest_among(trial: Suggest, name: str, space: Any, allowed: Callable[[Any], bool], condition: str,
+                  why: str = "is allowed") -> Any:
+    """One value of ``space`` for which ``allowed(value)`` holds: for a parameter constrained by another one
+    (``kv_heads`` must divide ``n_heads``, ``top_k`` must not exceed ``num_experts``). For a block's
+    ``search_space``.
+
+    Optuna needs a fixed set of choices per parameter name, so when the filter removes some of a list's
+    choices the parameter is named ``name|condition`` (e.g. ``attention.gqa.kv_heads|n_heads=4``): one name per
+    distinct choice set. A continuous range cannot be filtered: its value is suggested, then checked. Raises
+    ``ValueError`` naming the choices when none is allowed.
+    """
+    choices = values(space)
+    if choices is None:  # a log or float range
+        value = suggest_value(trial, name, space)
+        if not allowed(value):
+            raise ValueError(f"{name}: the sampled value {value} is not valid (it must be one that {why}); "
+                             f"list the choices instead of a range")
+        return value
+    valid = [c for c in choices if allowed(c)]
+    if not valid:
+        raise ValueError(f"{name}: none of the choices {choices} {why}")
+    if len(valid) == 1:
+        return valid[0]
+    return trial.suggest_categorical(name if len(valid) == len(choices) else f"{name}|{condition}", valid)
+
+
 def suggest_config(trial: Suggest, entry: BaseModel, config: type[BlockConfig], prefix: str) -> BlockConfig:
     """The generic define-by-run space of a block: each field given in ``entry`` is suggested on its own."""
     values = {"type": entry.type}  # type: ignore[attr-defined]
@@ -85,9 +120,15 @@ def suggest_config(trial: Suggest, entry: BaseModel, config: type[BlockConfig], 
     return config.model_validate(values)
 
 
-def _suggest_block(trial: Suggest, kind: str, prefix: str, entries: list[Any], dims: Dims) -> dict[str, Any]:
+def _suggest_block(trial: Suggest, kind: str, prefix: str, entries: list[Any], dims: Dims,
+                   type_suffix: str = "") -> dict[str, Any]:
+    """Choose one of ``entries`` (``{prefix}.type``) and sample its parameters (``{prefix}.{type}.*``).
+
+    ``type_suffix`` renames only the choice parameter, for a choice set reduced by another choice: Optuna
+    needs a fixed set of choices per name, while the block's own parameters keep their names.
+    """
     types = [e.type for e in entries]
-    name = types[0] if len(types) == 1 else trial.suggest_categorical(f"{prefix}.type", types)
+    name = types[0] if len(types) == 1 else trial.suggest_categorical(f"{prefix}.type{type_suffix}", types)
     entry = entries[types.index(name)]
     cls = registry.get(kind, name).cls
     space_fn = getattr(cls, "search_space", None)
@@ -117,7 +158,7 @@ def sample_architecture(spec: Any, trial: Suggest, device: str | None = None) ->
 
     def layer(prefix: str) -> LayerArch:
         return LayerArch(
-            attention=_suggest_block(trial, "attention", prefix + "attention" + attn_suffix, attention, dims),
+            attention=_suggest_block(trial, "attention", prefix + "attention", attention, dims, attn_suffix),
             norm=_suggest_block(trial, "norm", prefix + "norm", usable["norm"], dims),
             ffn=_suggest_block(trial, "ffn", prefix + "ffn", usable["ffn"], dims),
         )
@@ -126,8 +167,9 @@ def sample_architecture(spec: Any, trial: Suggest, device: str | None = None) ->
         layers = [layer(f"layers.{i}.") for i in range(n_layers)]
     else:
         layers = [layer("")] * n_layers
+    compression = _suggest_block(trial, "compression", "compression", usable["compression"], dims)
     return Architecture(d_model=d_model, n_heads=n_heads, n_layers=n_layers, norm_placement=placement,
-                        position=position, layers=layers)
+                        position=position, layers=layers, compression=compression)
 
 
 def block_config(kind: str, config: dict[str, Any]) -> BlockConfig:
