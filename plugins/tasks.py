@@ -243,6 +243,8 @@ class Digits(Task):
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
         x, y = self._data[0]
+        if batch_size > len(x):  # only full batches are yielded: the loop below would never yield one
+            raise ValueError(f"digits task: batch size {batch_size} exceeds the {len(x)} training images")
         g = torch.Generator().manual_seed(seed)
         while True:
             for idx in torch.randperm(len(x), generator=g).split(batch_size):

@@ -1,0 +1,215 @@
+"""The built-in tasks (plugins/tasks.py): MQAR data semantics, byte-level text, 8x8 digits."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from nas.cli import sample_one
+from nas.spec import SpecError, load_spec
+from nas.trial import run_trial
+from nas_plugins.tasks import mqar_examples
+
+
+# --- MQAR ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("vocab, seq_len, pairs", [(32, 16, 2), (64, 32, 4), (16, 15, 4), (8192, 64, 8)])
+def test_mqar_semantics(vocab, seq_len, pairs):
+    x, y = mqar_examples(50, vocab, seq_len, pairs, power_a=0.01, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (50, seq_len) and x.dtype == y.dtype == torch.long
+    half = vocab // 2
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        keys, values = row_x[0: 2 * pairs: 2], row_x[1: 2 * pairs: 2]
+        assert all(1 <= k <= half - 1 for k in keys) and len(set(keys)) == pairs  # distinct keys 1..V/2-1
+        assert all(half <= v <= vocab - 1 for v in values)  # values V/2..V-1
+        assert all(t == -100 for t in row_y[: 2 * pairs])  # no target inside the key-value context
+        queries = [t for t, target in enumerate(row_y) if target != -100]
+        assert len(queries) == pairs  # each key queried once
+        for t in queries:
+            key = row_x[t]
+            assert key in keys  # a query position holds a key seen earlier ...
+            assert row_y[t] == values[keys.index(key)]  # ... and its target is the value paired with it
+            if t + 1 < seq_len:
+                assert row_x[t + 1] == row_y[t]  # then the answer follows as the next input
+        answered = set(queries) | {t + 1 for t in queries}
+        assert all(row_x[t] == 0 for t in range(2 * pairs, seq_len) if t not in answered)  # the rest is padding
+
+
+def test_mqar_short_gaps_are_likelier():
+    x, y = mqar_examples(2000, 64, 64, 1, power_a=0.01, generator=torch.Generator().manual_seed(0))
+    gaps = (y != -100).float().argmax(dim=1) - 2  # query position after the single pair
+    assert (gaps < 10).float().mean() > (gaps >= 50).float().mean()
+
+
+def test_mqar_held_out_set_is_the_same_on_every_call(make_task):
+    task = make_task("mqar", test_examples=50)
+    first = list(task.eval_batches(16))
+    again = list(task.eval_batches(16))
+    other_instance = list(make_task("mqar", test_examples=50).eval_batches(50))
+    assert [len(x) for x, _ in first] == [16, 16, 16, 2]
+    for (x1, y1), (x2, y2) in zip(first, again):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.equal(torch.cat([x for x, _ in first]), other_instance[0][0])
+    assert torch.equal(torch.cat([y for _, y in first]), other_instance[0][1])
+
+
+def test_mqar_held_out_set_differs_from_training_data(make_task):
+    task = make_task("mqar", test_examples=64)
+    test_x = next(task.eval_batches(64))[0]
+    train_x = next(task.train_batches(64, seed=0))[0]
+    assert not torch.equal(test_x, train_x)
+    other = make_task("mqar", test_examples=64, test_seed=7)
+    assert not torch.equal(test_x, next(other.eval_batches(64))[0])
+
+
+def test_mqar_training_stream_is_seeded(make_task):
+    task = make_task("mqar")
+    a = list(itertools.islice(task.train_batches(8, seed=3), 3))
+    b = list(itertools.islice(task.train_batches(8, seed=3), 3))
+    c = next(task.train_batches(8, seed=4))
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(a[1][0], a[0][0])  # an endless stream, not one batch repeated
+    assert not torch.equal(a[0][0], c[0])
+
+
+def test_mqar_config_rejects_impossible_sizes(write_spec):
+    with pytest.raises(SpecError, match="too short"):
+        load_spec(write_spec("task: {type: mqar, seq_len: 8, num_kv_pairs: 4}\n"), device="cpu")
+    with pytest.raises(SpecError, match="distinct keys"):
+        load_spec(write_spec("task: {type: mqar, vocab_size: 8, num_kv_pairs: 4}\n"), device="cpu")
+
+
+class _RecallOracle(torch.nn.Module):
+    """Solves MQAR from the inputs alone: at a key seen in the context, predict the value stored with it."""
+
+    def __init__(self, vocab: int, pairs: int):
+        super().__init__()
+        self.vocab, self.pairs = vocab, pairs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(*x.shape, self.vocab)
+        for b, row in enumerate(x.tolist()):
+            memory = dict(zip(row[0: 2 * self.pairs: 2], row[1: 2 * self.pairs: 2]))
+            for t, token in enumerate(row):
+                out[b, t, memory.get(token, 0) if t >= 2 * self.pairs else 0] = 1.0
+        return out
+
+
+def test_mqar_evaluate_scores_a_perfect_recall_model_1_and_a_blind_one_0(make_task):
+    task = make_task("mqar", test_examples=20)
+    cpu = torch.device("cpu")
+    assert task.evaluate(_RecallOracle(32, 2), 8, cpu) == {"accuracy": 1.0}
+    blind = _RecallOracle(32, 0)  # remembers nothing: predicts token 0, which is never a target
+    assert task.evaluate(blind, 8, cpu) == {"accuracy": 0.0}
+
+
+# --- text -----------------------------------------------------------------------------------------------------
+TEXT_SPACE = """\
+    task: {{type: text, paths: ["{path}"], seq_len: 16, valid_fraction: 0.2, max_eval_windows: 16}}
+    model: {{d_model: 32, n_heads: 2, n_layers: 1}}
+    training: {{steps: 40, batch_size: 16, device: cpu, optimizer: {{lr: 1e-2}}, schedule: {{warmup_steps: 2}}}}
+    measure: {{repeats: 2, warmup: 1, train_batch_size: 2}}
+    objectives: [{{metric: bits_per_byte}}, {{metric: latency_ms}}]
+    """
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    sentence = "the quick brown fox jumps over the lazy dog. "
+    path.write_text(sentence * 60)  # 2,700 bytes
+    return path
+
+
+def test_text_task_gives_bits_per_byte(write_spec, text_file):
+    spec = load_spec(write_spec(TEXT_SPACE.format(path=text_file)), device="cpu").spec
+    result = run_trial(spec, sample_one(spec, seed=0))
+    assert result.status == "ok", result.reason
+    assert 0 < result.metrics["bits_per_byte"] < 6  # uniform over 256 bytes is 8; the text repeats
+    assert 0 <= result.metrics["accuracy"] <= 1
+
+
+def test_text_batches_are_next_byte_windows(make_task, text_file):
+    task = make_task("text", paths=[str(text_file)], seq_len=16, valid_fraction=0.2)
+    data = text_file.read_bytes()
+    split = int(len(data) * 0.8)
+    x, y = next(task.train_batches(4, seed=0))
+    assert x.shape == y.shape == (4, 16)
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one byte
+    for row in x.tolist():
+        assert bytes(row) in data[:split]
+    windows = list(task.eval_batches(100))
+    assert len(windows) == 1 and len(windows[0][0]) == min((len(data) - split - 1) // 16, 256)
+    assert bytes(windows[0][0][0].tolist()) == data[split: split + 16]  # the held-out part is the file's end
+
+
+def test_text_bits_per_byte_of_a_uniform_model_is_8(make_task, text_file):
+    task = make_task("text", paths=[str(text_file)], seq_len=16, valid_fraction=0.2)
+
+    class Uniform(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(*x.shape, 256)
+
+    metrics = task.evaluate(Uniform(), 8, torch.device("cpu"))
+    assert metrics["bits_per_byte"] == pytest.approx(8.0)
+
+
+def test_text_paths_must_exist(write_spec, tmp_path):
+    with pytest.raises(SpecError, match="no file matches"):
+        load_spec(write_spec(f"task: {{type: text, paths: ['{tmp_path}/missing*.txt']}}\n"), device="cpu")
+
+
+def test_text_too_short_is_an_error(make_task, tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("hello")
+    task = make_task("text", paths=[str(path)], seq_len=16)
+    with pytest.raises(ValueError, match="too little"):
+        next(task.train_batches(2, seed=0))
+
+
+# --- digits ---------------------------------------------------------------------------------------------------
+DIGITS_SPACE = """\
+    task: {type: digits, patch_size: 4}  # 4 patches of 4x4 pixels: learns fastest
+    model: {d_model: 32, n_heads: 2, n_layers: 1}
+    space:
+      position: [{type: learned}]
+    training: {steps: 60, batch_size: 32, device: cpu, optimizer: {lr: 1e-2}, schedule: {warmup_steps: 5}}
+    measure: {repeats: 2, warmup: 1, train_batch_size: 4}
+    """
+
+
+def test_digits_tiny_encoder_beats_chance(write_spec):
+    spec = load_spec(write_spec(DIGITS_SPACE), device="cpu").spec
+    result = run_trial(spec, sample_one(spec, seed=0))
+    assert result.status == "ok", result.reason
+    assert result.metrics["accuracy"] > 0.5  # chance is 0.1; this one reaches ~0.8
+
+
+def test_digits_split_is_disjoint_and_seeded(make_task):
+    task = make_task("digits", test_fraction=0.2)
+    (train_x, train_y), (test_x, test_y) = task._data
+    assert len(train_x) + len(test_x) == 1797 and len(test_x) == int(1797 * 0.2)
+    assert train_x.shape[1:] == (16, 4) and 0 <= train_x.min() and train_x.max() <= 1
+    assert set(train_y.tolist()) == set(range(10))
+    again = make_task("digits", test_fraction=0.2)._data[1][0]
+    assert torch.equal(test_x, again)
+    other = make_task("digits", test_fraction=0.2, split_seed=1)._data[1][0]
+    assert not torch.equal(test_x, other)
+
+
+@pytest.mark.parametrize("patch, length", [(1, 64), (2, 16), (4, 4)])
+def test_digits_patches(make_task, patch, length):
+    task = make_task("digits", patch_size=patch)
+    x, y = next(task.train_batches(3, seed=0))
+    assert task.seq_len == length and x.shape == (3, length, patch * patch) and y.shape == (3,)
+    assert not task.causal and task.num_outputs == 10
+
+
+def test_digits_batch_larger_than_the_training_set_is_an_error_not_a_hang(make_task):
+    task = make_task("digits", test_fraction=0.9)  # 180 training images
+    with pytest.raises(ValueError, match="exceeds the 180 training images"):
+        next(task.train_batches(256, seed=0))
+    assert len(next(task.train_batches(180, seed=0))[0]) == 180
