@@ -10,10 +10,11 @@ Where things live:
 * ``nas.train``     the trainer of one trial
 * ``nas.measure``   latency and memory measurement
 * ``nas.trial``     one trial end to end: build, train, evaluate, measure
+* ``nas.testing``   the conformance kit: pytest tests every registered block must pass
 * ``nas.cli``       the ``nas`` command
 """
 
-from .blocks import Batch, BlockConfig, Capabilities, Dims, PositionScheme, Task
+from .blocks import Batch, BlockConfig, Capabilities, Compression, Dims, PositionScheme, Task
 from .registry import load_plugins, register
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "Batch",
     "BlockConfig",
     "Capabilities",
+    "Compression",
     "Dims",
     "PositionScheme",
     "Task",

@@ -19,13 +19,24 @@ position    ``cls(config, dims)``                                 see :class:`Po
 norm        ``cls(config, dims)``                                 ``(B, T, C) -> (B, T, C)``
 ffn         ``cls(config, dims)``                                 ``(B, T, C) -> (B, T, C)``
 task        ``cls(config)``                                       see :class:`Task`
+compression ``cls(config)``                                       see :class:`Compression`
 ==========  ====================================================  =========================================
+
+Optional methods a block may define, each found by duck typing on the built model:
+
+* ``aux_loss() -> Tensor | None``: an auxiliary loss of the last forward, added to the training loss
+  (mixture-of-experts load balancing); :meth:`nas.model.Transformer.aux_loss` sums them.
+* ``stats() -> dict[str, float]`` and ``reset_stats()``: what the block saw since the reset (expert
+  utilisation); a trial resets them before evaluation and logs them as ``<module path>.<key>`` metrics.
+* ``inactive_parameters() -> int``: parameters a token does not use (unrouted experts), for ``params_active``.
+* ``prune_heads(fraction) -> int`` (attention) and ``prune_neurons(fraction) -> int`` (ffn): structured
+  pruning that really shrinks the module; called by compression plugins after training.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator, Literal
+from typing import Callable, ClassVar, Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +48,7 @@ __all__ = [
     "Dims",
     "PositionScheme",
     "Task",
+    "Compression",
     "Batch",
     "POSITION_MODES",
 ]
@@ -175,3 +187,39 @@ class Task:
                 correct += (pred[mask] == y[mask]).sum().item()
                 total += mask.sum().item()
         return {"accuracy": correct / max(total, 1)}
+
+
+Finetune = Callable[[nn.Module, int], None]
+"""``finetune(model, steps)``: train ``model`` in place for ``steps`` more steps of the trial's task."""
+
+
+class Compression:
+    """Base class of compression plugins: turns the trained model into the model that is evaluated and measured.
+
+    Built once per trial from its config; :meth:`apply` is called after training and before evaluation and
+    measurement, so accuracy, latency, inference memory and size are those of the compressed model
+    (training memory is that of the model as trained). ``capabilities.needs_gpu`` rules a method out on
+    CPU-only machines.
+    """
+
+    Config: ClassVar[type[BlockConfig]]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: True if :meth:`apply` changes the model's shapes (structured pruning): the trial then recounts
+    #: ``params``, ``params_active`` and ``flops_per_token`` on the compressed model.
+    changes_shape: ClassVar[bool] = False
+
+    def __init__(self, config: BlockConfig):
+        self.config = config
+        self.info: dict = {}  # what apply did (e.g. heads removed), stored with the trial's result
+
+    def apply(self, model: nn.Module, finetune: Finetune) -> nn.Module:
+        """Compress the trained ``model`` (in place or into a new module) and return it.
+
+        ``model`` is on the trial's device, in eval mode. ``finetune`` trains it further on the trial's task
+        (for quantization-aware training or recovery after pruning); it leaves the model in train mode.
+        """
+        return model
+
+    def precision(self, trained: str) -> str:
+        """The autocast precision to measure the compressed model under, given the one it was trained in."""
+        return trained

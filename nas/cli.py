@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -211,6 +212,40 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+# --- nas profile -----------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import ProfileSettings, format_report, log_to_mlflow, run_profile, write_outputs
+
+    names = [n.strip() for group in (args.attention or []) for n in group.split(",") if n.strip()] or None
+    settings = ProfileSettings(attention=names, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
+                               device=args.device, mode=args.mode, causal=args.direction == "causal",
+                               warmup=args.warmup, repeats=args.repeats, threads=args.threads, budget_s=args.budget,
+                               fit_from=args.fit_from, layer=not args.no_layer, seed=args.seed)
+    if args.seq_lens:
+        settings.seq_lens = sorted(set(args.seq_lens))
+    if args.layer_seq_lens:
+        settings.layer_seq_lens = sorted(set(args.layer_seq_lens))
+    out = Path(args.out) if args.out else Path(args.dir) / "profile"
+    log = None if args.json or args.quiet else (lambda line: print(line, flush=True))
+    report = run_profile(settings, log=log or (lambda line: None))
+    write_outputs(report, out)
+    if args.track:
+        run_id = log_to_mlflow(report, out, Path(args.dir))
+        report.notes.append(f"logged to MLflow run {run_id} (`nas ui --dir {args.dir}`)")
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report))
+    return 0
+
+
 # --- entry point -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas", description="Neural architecture search for efficient Transformers")
@@ -258,6 +293,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--dry-run", action="store_true", help="print the command instead of starting the UI")
     p.set_defaults(fn=cmd_ui)
+
+    p = sub.add_parser("profile", help="measure each attention type's time and memory against sequence length; "
+                       "fit scaling exponents; compare a layer's activation memory with Korthikanti et al.")
+    p.add_argument("--attention", action="append", metavar="NAMES",
+                   help="comma-separated attention types (repeatable; default: every registered one)")
+    p.add_argument("--seq-lens", type=_positive_int, nargs="+", metavar="T",
+                   help="sequence lengths (default: 256 512 1024 2048 4096)")
+    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--heads", type=_positive_int, default=4)
+    p.add_argument("--head-dim", type=_positive_int, default=32)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--mode", choices=("forward", "train"), default="forward",
+                   help="forward: inference; train: forward + backward (default forward)")
+    p.add_argument("--direction", choices=("causal", "bidirectional"), default="causal",
+                   help="types that cannot run this way run the other way, with a note (default causal)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
+    p.add_argument("--repeats", type=_positive_int, default=5,
+                   help="timed calls at least; short calls are repeated more (default 5)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1, as nas.measure)")
+    p.add_argument("--budget", type=float, default=30.0, metavar="SECONDS",
+                   help="skip a point predicted to take longer than this in all (default 30)")
+    p.add_argument("--fit-from", type=_positive_int, metavar="T",
+                   help="fit exponents over lengths >= T (default: the upper half of the sweep)")
+    p.add_argument("--no-layer", action="store_true", help="skip the layer activation-memory comparison")
+    p.add_argument("--layer-seq-lens", type=_positive_int, nargs="+", metavar="T",
+                   help="sequence lengths of the layer comparison (default: 256 512 1024 2048)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for the CSV, JSON and PNG files (default: DIR/profile)")
+    p.add_argument("--dir", default=".nas", help="root of the MLflow store (default .nas)")
+    p.add_argument("--track", action="store_true", help="log the profile to MLflow as a run under --dir")
+    p.add_argument("--quiet", action="store_true", help="no progress lines, only the final tables")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(fn=cmd_profile)
     return parser
 
 
@@ -266,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .spec import SpecError
 
     args = build_parser().parse_args(argv)
+    # `plugins: [my_module]` (and `--plugin`) name modules importable from the directory `nas` runs in, as under
+    # `python -m nas.cli`; the `nas` console script does not put that directory on sys.path by itself.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return args.fn(args)
     except SpecError as exc:

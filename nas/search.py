@@ -122,6 +122,14 @@ def _trial_task(spec_data: dict, plugins: list[str], arch_data: dict, cwd: str, 
         os.chdir(cwd)
         if cwd not in sys.path:
             sys.path.insert(0, cwd)
+    if memory_mb is not None:
+        return _run_limited(spec_data, plugins, arch_data, cwd, threads, memory_mb)
+    return _run_here(spec_data, plugins, arch_data, threads)
+
+
+def _run_here(spec_data: dict, plugins: list[str], arch_data: dict, threads: int,
+              memory_mb: int | None = None) -> dict:
+    """One trial in this process: ``{"result": TrialResult as a dict, "weights": safetensors bytes or None}``."""
     import torch
 
     from .spec import spec_model
@@ -131,8 +139,14 @@ def _trial_task(spec_data: dict, plugins: list[str], arch_data: dict, cwd: str, 
     spec = spec_model().model_validate(spec_data)
     torch.set_num_threads(max(1, threads))
     if memory_mb is not None:
+        import torch._dynamo  # noqa: F401  imported lazily by the first meta-device build: ~250 MB of address
+        # space that belongs to the baseline, not to the trial
         _limit_memory(memory_mb)
     result = run_trial(spec, Architecture.model_validate(arch_data), keep_model=True)
+    if memory_mb is not None:  # the limit is for the trial, not for handing its result back
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (resource.getrlimit(resource.RLIMIT_AS)[1],) * 2)
     model = result.info.pop("model", None)
     out = {"result": result.to_dict(), "weights": None}
     if model is not None:
@@ -144,9 +158,51 @@ def _trial_task(spec_data: dict, plugins: list[str], arch_data: dict, cwd: str, 
     return out
 
 
+def _run_limited(spec_data: dict, plugins: list[str], arch_data: dict, cwd: str, threads: int,
+                 memory_mb: int) -> dict:
+    """One trial in a child process under the address-space limit (``search.resources.memory_mb``).
+
+    Never under the limit in the Ray worker itself: Ray starts threads there at any time, and a thread that
+    cannot get its stack aborts the worker, which then hangs instead of returning. A child that dies (a
+    native allocation failure can abort it) is recorded as out of memory.
+    """
+    import pickle
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path, log_path = Path(tmp) / "result.pkl", Path(tmp) / "stderr.txt"
+        with log_path.open("wb") as log:
+            proc = subprocess.run(
+                [sys.executable, "-c", "import sys; from nas.search import _limited_child; _limited_child(sys.argv[1])",
+                 str(result_path)],
+                input=pickle.dumps((spec_data, plugins, arch_data, cwd, threads, memory_mb)),
+                stderr=log, cwd=cwd if os.path.isdir(cwd) else None,
+            )
+        errors = log_path.read_text(errors="replace")
+        if errors:
+            sys.stderr.write(errors[-20000:])
+        if proc.returncode == 0 and result_path.exists():
+            return pickle.loads(result_path.read_bytes())
+    last = next((line.strip() for line in reversed(errors.splitlines()) if line.strip()), "")
+    reason = (f"out of memory: the trial process died (exit code {proc.returncode}) under search.resources."
+              f"memory_mb = {memory_mb}" + (f": {last[:300]}" if last else ""))
+    return {"result": _failed(Architecture.model_validate(arch_data), reason), "weights": None}
+
+
+def _limited_child(result_path: str) -> None:
+    """Entry point of the child process of :func:`_run_limited`: arguments on stdin, result to ``result_path``."""
+    import pickle
+
+    spec_data, plugins, arch_data, cwd, threads, memory_mb = pickle.load(sys.stdin.buffer)
+    if os.path.isdir(cwd) and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    out = _run_here(spec_data, plugins, arch_data, threads, memory_mb)
+    Path(result_path).write_bytes(pickle.dumps(out))
+
+
 def _limit_memory(memory_mb: int) -> None:
     """Cap this process's address space at its current size plus ``memory_mb`` (Linux). Larger allocations
-    fail, and the trial is recorded as out of memory. The worker runs one trial only (``max_calls=1``)."""
+    fail, and the trial is recorded as out of memory. Only ever called in a process that runs one trial."""
     import resource
 
     with open("/proc/self/status") as f:
@@ -357,7 +413,7 @@ class Controller:
         import ray
 
         r = self.spec.search.resources
-        fresh_process = r.memory_mb is not None or r.gpus > 0  # rlimits and GPU memory do not outlive a trial
+        fresh_process = r.gpus > 0  # GPU memory does not outlive a trial (memory_mb runs it in a child process)
         remote = ray.remote(max_calls=1)(_trial_task) if fresh_process else ray.remote(_trial_task)
         return remote.options(num_cpus=0 if self.spec.training.workers > 1 else r.cpus, num_gpus=r.gpus,
                               max_retries=self.spec.search.retries)
@@ -412,6 +468,9 @@ class Controller:
             result = _failed(job.arch, f"out of memory: killed by Ray's memory monitor ({str(exc).splitlines()[0]})")
         except ray.exceptions.WorkerCrashedError:
             result = _failed(job.arch, f"worker died (process crashed), after {self.spec.search.retries} retries")
+        except ray.exceptions.RayTaskError as exc:  # raised outside run_trial, e.g. a plugin missing on that node
+            cause = exc.cause if exc.cause is not None else exc
+            result = _failed(job.arch, f"error in the Ray worker: {type(cause).__name__}: {cause}")
         except ray.exceptions.RayError as exc:
             result = _failed(job.arch, f"ray: {type(exc).__name__}: {str(exc).splitlines()[0]}")
 
@@ -578,8 +637,8 @@ def _init_ray(address: str | None, spec: Any) -> None:
                               "configure_logging": True, "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=os.cpu_count(), **kwargs)
+    else:  # "local": a new instance, even when `ray start` left a cluster (or its stale address) on this machine
+        ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
 
 
 def run_search(loaded: Any, root: Path | None = None, address: str | None = None, live: bool = True) -> SearchOutcome:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from . import registry, yamlio
 from .blocks import BlockConfig
@@ -43,16 +43,18 @@ __all__ = [
 ]
 
 #: Block kinds chosen per layer or per model in ``space``.
-BLOCK_KINDS = ("attention", "position", "norm", "ffn")
+BLOCK_KINDS = ("attention", "position", "norm", "ffn", "compression")
 
 #: Metrics every trial measures, with their natural direction. Tasks add their quality metrics.
 MEASURED_METRICS = {
     "latency_ms": "minimize",  # median inference forward time
     "latency_p90_ms": "minimize",
-    "train_memory_mb": "minimize",  # peak memory of one training step
+    "train_memory_mb": "minimize",  # peak memory of one training step (of the model as trained, uncompressed)
     "infer_memory_mb": "minimize",  # peak memory of one inference forward
     "params": "minimize",
-    "flops_per_token": "minimize",
+    "params_active": "minimize",  # parameters one token uses (less than params with mixture-of-experts)
+    "flops_per_token": "minimize",  # forward FLOPs actually computed per token (routed experts only)
+    "model_size_mb": "minimize",  # serialized weights after compression
 }
 
 
@@ -111,7 +113,7 @@ def _searchable(annotation: Any) -> Any:
 
 
 # --- fixed sections --------------------------------------------------------------------------------------
-Placement = Literal["pre", "post"]
+Placement = Literal["pre", "post", "sandwich"]
 
 
 class ModelSpace(Strict):
@@ -138,6 +140,35 @@ class ScheduleConfig(Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of the peak (cosine)")
 
 
+class DistillConfig(Strict):
+    """Knowledge distillation (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network") from a trained
+    teacher on the same task: the loss becomes ``(1 - alpha) * task loss + alpha * T^2 * KL(teacher_T || student_T)``
+    over the positions that carry a target, with both distributions softened by the temperature T."""
+
+    teacher: str = Field(description="a saved model: a folder holding architecture.json and weights.safetensors "
+                         "(a Pareto-optimal trial's MLflow `model/` artifact), or a trial_N.safetensors file with "
+                         "its trial_N.json beside it (the search's weights folder); relative to the current directory")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term (1 - alpha: the task loss)")
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of teacher and student")
+
+    @field_validator("teacher")
+    @classmethod
+    def _exists(cls, teacher: str) -> str:
+        teacher_files(teacher)
+        return teacher
+
+
+def teacher_files(teacher: str | Path) -> tuple[Path, Path]:
+    """``(architecture json, safetensors weights)`` of a saved model; ValueError naming what is missing."""
+    path = Path(teacher)
+    arch, weights = ((path / "architecture.json", path / "weights.safetensors") if path.is_dir()
+                     else (path.with_suffix(".json"), path))
+    missing = [str(p) for p in (arch, weights) if not p.is_file()]
+    if missing:
+        raise ValueError(f"teacher '{teacher}': missing {', '.join(missing)} (relative to {Path.cwd()})")
+    return arch, weights
+
+
 class TrainingConfig(Strict):
     steps: int = Field(200, gt=0)
     batch_size: int = Field(32, gt=0)
@@ -152,6 +183,7 @@ class TrainingConfig(Strict):
     eval_batch_size: int = Field(128, gt=0)
     log_every: int = Field(10, gt=0, description="steps between points of the logged training curve")
     workers: int = Field(1, ge=1, description="data-parallel workers for one trial (Ray Train, DDP)")
+    distill: DistillConfig | None = Field(None, description="learn from a trained teacher's outputs too")
 
 
 class MeasureConfig(Strict):
@@ -249,7 +281,7 @@ def _union(kind: str, space: bool) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="type")]
 
 
-_DEFAULT_BLOCKS = {"attention": "softmax", "position": "rope", "norm": "layernorm", "ffn": "mlp"}
+_DEFAULT_BLOCKS = {"attention": "softmax", "position": "rope", "norm": "layernorm", "ffn": "mlp", "compression": "none"}
 _cache: dict[frozenset, type[SpecBase]] = {}
 
 

@@ -1,4 +1,5 @@
-"""The trainer of one trial: AdamW, warm-up + cosine schedule, autocast, optional checkpointing and compile."""
+"""The trainer of one trial: AdamW, warm-up + cosine schedule, autocast, optional checkpointing, compile and
+knowledge distillation from a teacher."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import Batch, Task
-from .spec import ScheduleConfig, TrainingConfig
+from .spec import DistillConfig, ScheduleConfig, TrainingConfig, teacher_files
 
 __all__ = ["TrainResult", "NonFiniteLoss", "train", "pick_device", "autocast", "loss_fn", "make_optimizer",
-           "seed_everything"]
+           "seed_everything", "distill_loss", "load_teacher"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,6 +55,37 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over every target that is not -100; works for (B, T, V) and (B, classes) logits."""
     return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the positions whose target is not
+    -100 (Hinton et al. 2015; the T^2 keeps its gradients on the scale of the task loss). Logits (B, T, V) or
+    (B, classes)."""
+    keep = targets.flatten() != -100
+    s = student.flatten(0, -2).float()[keep] / temperature
+    t = teacher.flatten(0, -2).float()[keep] / temperature
+    kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+def load_teacher(cfg: DistillConfig, task: Task, device: torch.device) -> nn.Module:
+    """The teacher of ``cfg``: its architecture built for ``task``, its weights loaded (strictly), frozen, in eval
+    mode, on ``device``. Any compression in its architecture is not applied: the teacher is the trained model."""
+    from safetensors.torch import load_model
+
+    from .model import build_model
+    from .space import Architecture
+
+    arch_file, weights = teacher_files(cfg.teacher)
+    arch = Architecture.model_validate_json(arch_file.read_text())
+    teacher = build_model(arch, task)
+    try:
+        load_model(teacher, str(weights))
+    except RuntimeError as exc:
+        raise ValueError(f"teacher '{cfg.teacher}' does not fit its architecture on this task "
+                         f"({arch.summary()}): {str(exc).splitlines()[0]}") from None
+    return teacher.to(device).eval().requires_grad_(False)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
@@ -103,6 +135,7 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule, cfg.steps))
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
     forward = torch.compile(model) if cfg.compile else model
+    teacher = load_teacher(cfg.distill, task, device) if cfg.distill is not None else None
     batches = batches if batches is not None else task.train_batches(cfg.batch_size, seed=cfg.seed)
     result = TrainResult()
     start = time.perf_counter()
@@ -110,9 +143,16 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
         x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, cfg.precision):
-            loss = loss_fn(forward(x), y)
+            logits = forward(x)
+            loss = loss_fn(logits, y)  # the task loss: what the curve logs, with or without a teacher
+            total = loss
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                alpha = cfg.distill.alpha
+                total = (1 - alpha) * loss + alpha * distill_loss(logits, teacher_logits, y, cfg.distill.temperature)
             aux = core.aux_loss() if hasattr(core, "aux_loss") else None
-            total = loss + aux if aux is not None else loss
+            total = total + aux if aux is not None else total
         if not torch.isfinite(total):
             raise NonFiniteLoss(f"non-finite loss ({total.item()}) at step {step}")
         if scaler is not None:

@@ -1,4 +1,4 @@
-"""One trial end to end: build the sampled architecture, train it, evaluate it, measure it.
+"""One trial end to end: build the sampled architecture, train it, compress it, evaluate it, measure it.
 
 :func:`run_trial` never raises for a bad architecture: an exception, a NaN loss or running out of memory
 becomes a result with ``status="failed"`` and the reason, so a search can record it and go on.
@@ -6,6 +6,8 @@ becomes a result with ``status="failed"`` and the reason, so a search can record
 
 from __future__ import annotations
 
+import copy
+import io
 import math
 import platform
 import time
@@ -15,10 +17,11 @@ from typing import Any, Callable
 
 import torch
 
-from . import registry
+from . import kernels, registry
 from .measure import METHOD, inference_memory, measure_latency, train_step_memory
-from .model import Transformer, build_model, meta_costs
-from .space import Architecture
+from .model import (Transformer, build_model, count_active_parameters, count_flops_per_token, count_parameters,
+                    meta_costs)
+from .space import Architecture, block_config
 from .train import NonFiniteLoss, pick_device, seed_everything, train
 
 __all__ = ["TrialResult", "run_trial", "build_task"]
@@ -75,15 +78,23 @@ def run_trial(spec: Any, arch: Architecture, on_log: Callable[[int, float], None
         result.curve = trained.curve
         info["train_seconds"] = trained.seconds
         model.eval()
+        # Training memory is that of the model as trained; everything after compression is measured on the
+        # compressed model (which may not be trainable at all, e.g. int8).
+        result.metrics["train_memory_mb"] = _train_memory(model, task, spec, device)
+        compressor = registry.build("compression", block_config("compression", arch.compression))
+        if keep_model:  # the trained weights, which load into build_model(arch); compression is re-applied
+            info["model"] = copy.deepcopy(model) if arch.compression["type"] != "none" else model
+        model = _compress(compressor, model, task, spec, device, result)
+        _reset_stats(model)
         result.metrics.update(task.evaluate(model, spec.training.eval_batch_size, device))
+        result.metrics.update(_block_stats(model))
         bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteLoss(f"non-finite metric(s) after training: {bad}")
-        result.metrics.update(_measure(model, task, spec, device))
+        result.metrics.update(_measure(model, task, spec, device, compressor.precision(spec.training.precision)))
+        info["kernels"] = kernels.used(model)  # {module path: kernel} of the measured forward (nas.kernels)
         info.update(latency_threads=spec.measure.threads if device.type == "cpu" else None,
                     latency_batch=spec.measure.batch_size, seq_len=task.seq_len)
-        if keep_model:
-            info["model"] = model
     except NonFiniteLoss as exc:
         result.status, result.reason = "failed", f"nan: {exc}"
     except (torch.OutOfMemoryError, MemoryError) as exc:
@@ -97,16 +108,69 @@ def run_trial(spec: Any, arch: Architecture, on_log: Callable[[int, float], None
     return result
 
 
-def _measure(model: Transformer, task: Any, spec: Any, device: torch.device) -> dict[str, float]:
-    m, precision = spec.measure, spec.training.precision
+def _compress(compressor: Any, model: Transformer, task: Any, spec: Any, device: torch.device,
+              result: TrialResult) -> Transformer:
+    """Apply the architecture's compression; recount sizes if it changed shapes. Returns the model to measure."""
+
+    def finetune(m: Any, steps: int) -> None:
+        """A few more steps at the learning rate training ended with, constant, on a fresh data stream."""
+        t = spec.training
+        cfg = t.model_copy(update={
+            "steps": steps, "seed": t.seed + 1, "compile": False,
+            "optimizer": t.optimizer.model_copy(update={"lr": t.optimizer.lr * t.schedule.min_lr_ratio}),
+            "schedule": t.schedule.model_copy(update={"type": "constant", "warmup_steps": 0}),
+        })
+        train(m, task, cfg, device)
+
+    model = compressor.apply(model, finetune)
+    model.eval()
+    result.info["compression"] = {"type": compressor.config.type, **compressor.info}
+    if compressor.changes_shape:
+        x, _ = task.example_batch(spec.measure.batch_size)
+        result.metrics.update(params=float(count_parameters(model)),
+                              params_active=float(count_active_parameters(model)),
+                              flops_per_token=count_flops_per_token(model, x.to(device)))
+    return model
+
+
+def _reset_stats(model: Any) -> None:
+    for m in model.modules():
+        if hasattr(m, "reset_stats"):
+            m.reset_stats()
+
+
+def _block_stats(model: Any) -> dict[str, float]:
+    """What blocks report through ``stats()`` (e.g. expert utilisation), as ``<module path>.<key>`` metrics."""
+    out: dict[str, float] = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "stats") and callable(m.stats):
+            out.update({f"{name}.{k}": float(v) for k, v in m.stats().items()})
+    return out
+
+
+def _train_memory(model: Transformer, task: Any, spec: Any, device: torch.device) -> float:
+    tx, ty = task.example_batch(spec.measure.train_batch_size or spec.training.batch_size)
+    return train_step_memory(model, tx.to(device), ty.to(device), spec.training.precision) / MB
+
+
+def _measure(model: Transformer, task: Any, spec: Any, device: torch.device, precision: str) -> dict[str, float]:
+    m = spec.measure
     x, _ = task.example_batch(m.batch_size)
     x = x.to(device)
     out = measure_latency(model, x, m.warmup, m.repeats, m.threads, precision)
-
     out["infer_memory_mb"] = inference_memory(model, x, precision) / MB
-    tx, ty = task.example_batch(m.train_batch_size or spec.training.batch_size)
-    out["train_memory_mb"] = train_step_memory(model, tx.to(device), ty.to(device), precision) / MB
+    out["model_size_mb"] = model_bytes(model) / MB
     return out
+
+
+def model_bytes(model: Any) -> int:
+    """Bytes of the model's serialized state dict (how big it is on disk, packed quantized weights included)."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(model.state_dict(), buffer)
+    except Exception:  # a tensor subclass that does not pickle: count the bytes of what is there
+        return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+    return buffer.getbuffer().nbytes
 
 
 def _device_name(device: torch.device) -> str:

@@ -44,6 +44,8 @@ class CosineAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # (B, H, T, D)
         q, k = self.position.rotate(q, k)
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=self.log_scale.exp())
+        # The temperature scales the queries: SDPA's `scale` takes a Python float, and a tensor there would be
+        # read with .item() (a host sync, and impossible on the meta device where models are sized).
+        q, k = F.normalize(q, dim=-1) * self.log_scale.exp(), F.normalize(k, dim=-1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=1.0)
         return self.out(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
