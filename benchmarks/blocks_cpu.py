@@ -7,8 +7,8 @@ functions a trial uses.
 
 The models are untrained (latency and memory do not depend on the weights' values). Each attention type runs
 in a decoder (causal) except Linformer, which is encoder-only and runs bidirectionally; its row says so.
-Latency: median forward time at batch 1, the lowest of ``--rounds`` rounds (others' processes on a shared
-machine only ever add time). Memory: peak tensor bytes of one inference forward (batch 1) and of
+Latency: median forward time at batch 1, the lowest of ``--rounds`` round-robin rounds over all cases (other
+processes on a shared machine only ever add time). Memory: peak tensor bytes of one inference forward (batch 1) and of
 one training step (batch ``--train-batch``), parameters and optimizer state included.
 """
 
@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import sys
-import time
 from typing import Any, Iterator
 
 import torch
@@ -90,20 +89,29 @@ def architecture(args: argparse.Namespace, attention: dict[str, Any], compressio
                         compression=compression or {"type": "none"})
 
 
-def measure(model: nn.Module, task: SyntheticTask, args: argparse.Namespace, train: bool = True) -> dict[str, float]:
+def memory(model: nn.Module, task: SyntheticTask, args: argparse.Namespace, train: bool = True) -> dict[str, float]:
     x, _ = task.example_batch(1)
-    # The fastest of several rounds' medians: on a shared machine, other processes only ever add time.
-    rounds = [measure_latency(model, x, args.warmup, args.repeats, args.threads) for _ in range(args.rounds)]
-    out = min(rounds, key=lambda r: r["latency_ms"])
-    out["infer_memory_mb"] = inference_memory(model, x) / MB
+    out = {"infer_memory_mb": inference_memory(model, x) / MB}
     if train:
         tx, ty = task.example_batch(args.train_batch)
         out["train_memory_mb"] = train_step_memory(model, tx, ty) / MB
     return out
 
 
+def latencies(cases: list[tuple[dict[str, Any], nn.Module, SyntheticTask]], args: argparse.Namespace) -> None:
+    """Time every case in ``args.rounds`` round-robin rounds and keep each one's fastest round median: on a shared
+    machine other processes only ever add time, and round-robin spreads a busy spell over all cases."""
+    for r in range(args.rounds):
+        for row, model, task in cases:
+            x, _ = task.example_batch(1)
+            timed = measure_latency(model, x, args.warmup, args.repeats, args.threads)
+            if r == 0 or timed["latency_ms"] < row["latency_ms"]:
+                row.update(timed)
+        print(f"  latency round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+
+
 def attention_table(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
+    cases = []
     for attention in ATTENTION:
         entry = registry.get("attention", attention["type"])
         causal = entry.capabilities.causal
@@ -113,21 +121,19 @@ def attention_table(args: argparse.Namespace) -> list[dict[str, Any]]:
             arch = architecture(args, attention, position=position)
             torch.manual_seed(0)
             model = build_model(arch, task)
-            started = time.perf_counter()
             row = {"attention": attention["type"], "mode": "causal" if causal else "encoder", "position": position,
                    "seq_len": T, "params": count_parameters(model),
                    "flops_per_token": meta_costs(arch, task, task.example_batch(1)[0])["flops_per_token"]}
-            row.update(measure(model, task, args))
-            row["seconds"] = time.perf_counter() - started
-            rows.append(row)
-            print(f"  {row['attention']:<15} T={T:<5} {row['latency_ms']:8.2f} ms  "
-                  f"infer {row['infer_memory_mb']:7.1f} MB  train {row['train_memory_mb']:8.1f} MB",
-                  file=sys.stderr, flush=True)
-    return rows
+            row.update(memory(model, task, args))
+            print(f"  {row['attention']:<15} T={T:<5} infer {row['infer_memory_mb']:7.1f} MB  "
+                  f"train {row['train_memory_mb']:8.1f} MB", file=sys.stderr, flush=True)
+            cases.append((row, model, task))
+    latencies(cases, args)
+    return [row for row, _, _ in cases]
 
 
 def compression_table(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
+    cases = []
     task = SyntheticTask(args.compress_seq, causal=True)
     for compression in COMPRESSION:
         torch.manual_seed(0)
@@ -139,11 +145,10 @@ def compression_table(args: argparse.Namespace) -> list[dict[str, Any]]:
             params = count_parameters(model)
         row: dict[str, Any] = {"compression": _label(compression), "params": params,
                                "size_mb": model_bytes(model) / MB}
-        row.update(measure(model, task, args, train=False))
-        rows.append(row)
-        print(f"  {row['compression']:<32} {row['latency_ms']:8.2f} ms  {row['size_mb']:6.2f} MB", file=sys.stderr,
-              flush=True)
-    return rows
+        row.update(memory(model, task, args, train=False))
+        cases.append((row, model, task))
+    latencies(cases, args)
+    return [row for row, _, _ in cases]
 
 
 def _label(config: dict[str, Any]) -> str:
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="CPU threads of the latency runs")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20, help="timed forwards per round")
-    p.add_argument("--rounds", type=int, default=3, help="latency: the fastest round's median is kept")
+    p.add_argument("--rounds", type=int, default=5, help="latency: the fastest round's median is kept")
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--compress-seq", type=int, default=256, help="sequence length of the compression table")
     p.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{args.threads} thread(s), load average {load:.1f} at start", file=sys.stderr)
     warm = SyntheticTask(args.seq[0], causal=True)  # one-time kernel set-up must not land in the first row
-    measure(build_model(architecture(args, {"type": "softmax"}), warm), warm, args)
+    latencies([({}, build_model(architecture(args, {"type": "softmax"}), warm), warm)], args)
     attn = attention_table(args)
     comp = compression_table(args)
     print_tables(attn, comp, args)

@@ -305,3 +305,64 @@ def test_trial_records_the_kernels_it_measured(write_spec, tiny_spec_text):
     recorded = result.info["kernels"]
     assert recorded and all(isinstance(v, str) for v in recorded.values())
     assert any(path.endswith("attention") for path in recorded)
+
+
+# -- CUDA: skipped without a GPU; `bash benchmarks/gpu.sh` runs them ------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA_TOL = 1e-4  # fp32 on the GPU: other reduction orders than the reference (TF32 off, PyTorch's default)
+FLEX_TOL = 2e-3  # FlexAttention's fp32 dots may run in TF32
+
+
+@cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, CUDA_TOL), (torch.bfloat16, 2e-2)])
+def test_cuda_triton_rmsnorm_matches_torch(dtype, tol):
+    from nas.kernels._rmsnorm import rms_norm_triton
+
+    x = torch.randn(4, 37, 200, device="cuda", dtype=dtype, requires_grad=True)
+    w = (torch.rand(200, device="cuda") + 0.5).requires_grad_()
+    y = rms_norm_triton(x, w, 1e-6)
+    g = torch.randn_like(y)
+    dx, dw = torch.autograd.grad(y, (x, w), g)
+    ref = torch.nn.functional.rms_norm(x.float(), (200,), w, 1e-6)  # computed in fp32, as the kernel does
+    rdx, rdw = torch.autograd.grad(ref, (x, w), g.float())
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(dx.float(), rdx.float(), atol=tol, rtol=tol)
+    torch.testing.assert_close(dw, rdw, atol=tol * 10, rtol=tol)  # summed over 148 rows
+
+
+@cuda
+def test_cuda_triton_linear_attention_matches_reference():
+    from nas.kernels._linear import causal_linear_attention_triton
+    from nas_plugins.linear_attention import EPS, causal_linear_attention
+
+    q, k = (torch.rand(2, 4, 1000, 64, device="cuda", requires_grad=True) for _ in range(2))
+    v = torch.randn(2, 4, 1000, 32, device="cuda", requires_grad=True)
+    y = causal_linear_attention_triton(q, k, v, EPS)
+    ref = causal_linear_attention(q, k, v)
+    g = torch.randn_like(y)
+    for a, b in zip(torch.autograd.grad(y, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=CUDA_TOL, rtol=CUDA_TOL)
+    torch.testing.assert_close(y, ref, atol=CUDA_TOL, rtol=CUDA_TOL)
+
+
+@cuda
+@pytest.mark.parametrize("name, fields, position, causal, expected", [
+    ("softmax", {}, "none", True, "sdpa:"),
+    ("softmax", {}, "alibi", True, "flex+bias"),
+    ("sliding_window", {"window": 16}, "none", True, "flex"),
+    ("sliding_window", {"window": 16}, "relative", False, "flex+bias"),
+    ("block_sparse", {"block_size": 16}, "none", True, "flex"),
+    ("linear", {}, "none", True, "triton:chunked_linear_attention"),
+])
+def test_cuda_dispatch_matches_reference_forward_and_backward(name, fields, position, causal, expected):
+    block = _attention(name, causal, position, T=256, **fields).cuda().train()
+    x = torch.randn(2, 256, 32, device="cuda", requires_grad=True)
+    with kernels.policy("reference"):
+        ref = block(x)
+        ref_grad, = torch.autograd.grad(ref.square().sum(), x)
+    fast = block(x)
+    fast_grad, = torch.autograd.grad(fast.square().sum(), x)
+    assert block.kernel.startswith(expected) and "math" not in block.kernel, block.kernel
+    torch.testing.assert_close(fast, ref, atol=FLEX_TOL, rtol=FLEX_TOL)
+    torch.testing.assert_close(fast_grad, ref_grad, atol=FLEX_TOL * 10, rtol=FLEX_TOL)

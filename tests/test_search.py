@@ -12,9 +12,11 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -41,12 +43,27 @@ def space_text(name: str, body: str, search: str, plugins: str = "") -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-def run_cli(cwd: Path, *argv: str) -> tuple[int, str, str]:
-    """``nas ARGV`` in this process with ``cwd`` as working directory: (exit code, stdout, stderr)."""
+def run_cli(cwd: Path, *argv: str, timeout: float = 180) -> tuple[int, str, str]:
+    """``nas ARGV`` in this process with ``cwd`` as working directory: (exit code, stdout, stderr).
+
+    A search still running after ``timeout`` seconds gets a KeyboardInterrupt (Ctrl-C): it stops its trials
+    and returns non-zero, so a hung trial fails the test instead of hanging it.
+    """
+    import _thread
+    import threading
+
     out, err = io.StringIO(), io.StringIO()
+    fired = threading.Event()
+    watchdog = threading.Timer(timeout, lambda: (fired.set(), _thread.interrupt_main()))
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         mp.chdir(cwd)
-        code = main(list(argv))
+        watchdog.start()
+        try:
+            code = main(list(argv))
+        finally:
+            watchdog.cancel()
+    if fired.is_set():
+        err.write(f"\n[test] nas {' '.join(argv)} was interrupted after {timeout} s\n")
     return code, out.getvalue(), err.getvalue()
 
 
@@ -317,6 +334,15 @@ def test_a_sampler_option_the_sampler_does_not_take_exits_2_with_its_location(tm
     assert f"space.yaml:{line}: search.sampler.options: not accepted by the tpe sampler" in err
     assert "n_startup" in err
     assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_resume_flag_needs_an_existing_search(tmp_path):
+    (tmp_path / "space.yaml").write_text(space_text("fresh", "model: {d_model: 16, n_layers: 1, n_heads: 2}",
+                                                    "{n_trials: 1, dir: out}"))
+    code, _, err = run_cli(tmp_path, "search", "space.yaml", "--resume")
+    assert code == 2
+    assert "--resume: no search named 'fresh' under out to resume" in err
+    assert not (tmp_path / "out").exists()
 
 
 # --- failures -----------------------------------------------------------------------------------------
@@ -686,10 +712,22 @@ def test_a_killed_search_resumes_without_losing_finished_trials(tmp_path):
           ffn: [{type: mlp, expansion: [2, 4]}]
         """
     (tmp_path / "space.yaml").write_text(space_text("resume", body, search).replace("steps: 20", "steps: 40"))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Ray's files in a folder of this test's own (short: Ray's socket paths must fit 107 bytes), holding the
+    # address a crashed `ray start` leaves behind: a search without search.address must start its own Ray.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="nas-ray-"))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
     command = [sys.executable, "-m", "nas.cli", "search", "space.yaml"]
     root = tmp_path / "out"
+    try:
+        _kill_and_resume(tmp_path, root, command, env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
+
+def _kill_and_resume(tmp_path: Path, root: Path, command: list[str], env: dict[str, str]) -> None:
+    """SIGKILL the search once 2 trials are complete and others run; run it again; check what it kept."""
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)

@@ -115,6 +115,14 @@ def flex_function(compiled: bool) -> Callable:
     if not compiled:
         return flex_attention
     if _compiled is None:
+        # One compiled kernel per shape, pattern and score_mod: a sweep over lengths and patterns needs more than
+        # dynamo's default 8 recompilations, after which it would silently run the unfused (T x T) eager path.
+        import torch._dynamo.config as dynamo_config
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
+                break
         _compiled = torch.compile(flex_attention, dynamic=False)
     return _compiled
 
