@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,13 +60,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
+    kw = max((len(r["kind"]) for r in rows), default=4)
+    nw = max((len(r["name"]) for r in rows), default=4)
     for r in rows:
         params = ", ".join(f"{k}={p.get('default', '?')}" for k, p in r["parameters"].items()) or "-"
         caps = ", ".join(f"{k}={v}" for k, v in r["capabilities"].items())
-        print(f"{r['kind']:<10} {r['name']:<14} {r['provider']} {r['version']}")
-        print(f"{'':<10} {r['summary']}")
-        print(f"{'':<10} params: {params}")
-        print(f"{'':<10} capabilities: {caps}")
+        print(f"{r['kind']:<{kw}}  {r['name']:<{nw}}  {r['provider']} {r['version']}")
+        for line in textwrap.wrap(r["summary"], 100):
+            print(f"{'':<{kw}}  {line}")
+        print(f"{'':<{kw}}  params: {params}")
+        print(f"{'':<{kw}}  capabilities: {caps}")
     return 0
 
 
@@ -351,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ __all__ = ["ProfileSettings", "ProfileReport", "fit_power_law", "korthikanti_byt
            "run_profile", "format_report", "write_outputs", "log_to_mlflow", "EXPECTED_TIME"]
 
 MiB = 2**20
+AGREEMENT = 0.3  # a fitted exponent "agrees" when within this of the expected one
 
 #: Asymptotic time exponent of each built-in attention type, with the reason. A third-party type can declare
 #: its own as a class attribute ``time_exponent = (2, "why")``; without one its expectation is unknown.
@@ -312,6 +313,19 @@ def _build(name: str, dims: Dims) -> nn.Module:
     return registry.build("attention", entry.config(), dims, position)
 
 
+def _forward_flops(name: str, dims: Dims, batch: int, T: int) -> float | None:
+    """FLOPs of one forward of the block at length ``T`` (matrix products and attention, counted by
+    :func:`nas.model.count_flops_per_token` on the meta device: free, and the same count a trial reports)."""
+    from .model import count_flops_per_token
+
+    try:
+        with torch.device("meta"):
+            module = _build(name, dims)
+        return count_flops_per_token(module, torch.empty(batch, T, dims.d_model, device="meta")) * batch * T
+    except Exception:  # a block the FLOP counter cannot trace on meta: no FLOP expectation for it
+        return None
+
+
 def profile_attention(name: str, s: ProfileSettings, device: torch.device, threads: int,
                       log: Callable[[str], None] = lambda m: None) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows for one attention type over the sweep, and notes about how it was run."""
@@ -332,8 +346,9 @@ def profile_attention(name: str, s: ProfileSettings, device: torch.device, threa
     if caps.needs_gpu and device.type != "cuda":
         return [{**base, "seq_len": T, "status": "skipped", "reason": "needs a GPU"} for T in lens], notes
     torch.manual_seed(s.seed)
+    dims = Dims(s.d_model, s.heads, max(lens), causal)
     try:
-        module = _build(name, Dims(s.d_model, s.heads, max(lens), causal)).to(device)
+        module = _build(name, dims).to(device)
     except Exception as exc:
         reason = f"cannot be built: {type(exc).__name__}: {exc}"
         return [{**base, "seq_len": T, "status": "failed", "reason": reason} for T in lens], notes
@@ -357,7 +372,8 @@ def profile_attention(name: str, s: ProfileSettings, device: torch.device, threa
             continue
         x = torch.randn(s.batch, T, s.d_model, generator=gen).to(device)
         try:
-            row.update(measure_point(module, x, s.mode, s.warmup, s.repeats, threads), status="ok", reason="")
+            row.update(measure_point(module, x, s.mode, s.warmup, s.repeats, threads), status="ok", reason="",
+                       flops=_forward_flops(name, dims, s.batch, T))
         except (torch.OutOfMemoryError, MemoryError) as exc:
             skip_reason = f"out of memory at T={T}"
             rows.append({**row, "status": "failed", "reason": f"out of memory: {str(exc).splitlines()[0]}"})
@@ -388,17 +404,22 @@ def fit_rows(name: str, rows: list[dict[str, Any]], fit_from: int | None) -> dic
     if len(tail) < 3:  # too few points at the top: take the largest three (or all)
         tail = ok[-3:]
     out["fit_range"] = [tail[0]["seq_len"], tail[-1]["seq_len"]] if tail else None
-    for metric, key in (("time", "time_ms"), ("memory", "peak_mb")):
+    for metric, key in (("time", "time_ms"), ("memory", "peak_mb"), ("flops", "flops")):
         for label, pts in (("", tail), ("_all", ok)):
             try:
                 slope, _, r2 = fit_power_law([r["seq_len"] for r in pts], [r[key] for r in pts])
-            except ValueError:
+            except (ValueError, TypeError):  # too few points, or no FLOP count
                 slope, r2 = math.nan, math.nan
             out[f"{metric}_exponent{label}"], out[f"{metric}_r2{label}"] = slope, r2
-        expected = out[f"expected_{metric}"]
+    # Time against the analytical cost at these sizes (the FLOP count's exponent over the same lengths: full
+    # attention's T^2 term shares the time with the T * d^2 projections), else the asymptotic class; memory
+    # against its class.
+    flops = out["flops_exponent"]
+    out["expected_time_at_sizes"] = None if math.isnan(flops) else flops
+    for metric, expected in (("time", out["expected_time_at_sizes"] if not math.isnan(flops) else out["expected_time"]),
+                             ("memory", out["expected_memory"])):
         fitted = out[f"{metric}_exponent"]
-        out[f"{metric}_agrees"] = (None if expected is None or math.isnan(fitted)
-                                   else abs(fitted - expected) <= 0.3)
+        out[f"{metric}_agrees"] = None if expected is None or math.isnan(fitted) else abs(fitted - expected) <= AGREEMENT
     return out
 
 
@@ -554,7 +575,7 @@ def format_report(report: ProfileReport) -> str:
     by_type: dict[str, dict[int, dict[str, Any]]] = {}
     for r in report.rows:
         by_type.setdefault(r["attention"], {})[r["seq_len"]] = r
-    for title, key, spec in (("time (ms)", "time_ms", ".2f"), ("peak memory (MiB)", "peak_mb", ".2f")):
+    for title, key, spec in (("time (ms)", "time_ms", ".2f"), ("peak MiB", "peak_mb", ".2f")):
         lines.append("")
         lines.append(f"{title:<16}{'dir':<6}" + "".join(f"{T:>10}" for T in lens))
         for name, points in by_type.items():
@@ -563,9 +584,11 @@ def format_report(report: ProfileReport) -> str:
                       points.get(T, {}).get("status", "-")) for T in lens]
             lines.append(f"{name:<16}{direction:<6}" + "".join(f"{c:>10}" for c in cells))
     lines.append("")
-    lines.append("scaling exponent p of T^p, least squares on log-log over the fit range (R^2), vs analytical")
-    lines.append(f"{'attention':<16}{'kernel':<26}{'fit T':<12}{'time p':>8}{'R^2':>7}{'expect':>7}  "
-                 f"{'memory p':>8}{'R^2':>7}{'expect':>7}")
+    lines.append("scaling exponent p of T^p, least squares on log-log over the fit range (R^2). Analytical: FLOPs p =\n"
+                 f"the counted FLOPs' exponent over the same lengths, class = the asymptotic one; ok/OFF: time within "
+                 f"{AGREEMENT} of FLOPs p (of the class without a count), memory within {AGREEMENT} of its class")
+    lines.append(f"{'attention':<16}{'kernel':<22}{'fit T':<11}{'time p':>7}{'R^2':>7}{'FLOPs p':>8}{'class':>6}  "
+                 f"{'memory p':>8}{'R^2':>7}{'class':>6}")
     for f in report.fits:
         rng = f"{f['fit_range'][0]}-{f['fit_range'][1]}" if f["fit_range"] else "-"
 
@@ -573,12 +596,13 @@ def format_report(report: ProfileReport) -> str:
             agrees = f[f"{metric}_agrees"]
             return "" if agrees is None else (" ok" if agrees else " OFF")
 
-        lines.append(f"{f['attention']:<16}{(f['kernel'] or '-'):<26}{rng:<12}{_fmt(f['time_exponent'], '.2f'):>8}"
-                     f"{_fmt(f['time_r2'], '.3f'):>7}{_fmt(f['expected_time'], 'd'):>7}{mark('time'):<4}"
+        lines.append(f"{f['attention']:<16}{(f['kernel'] or '-'):<22}{rng:<11}{_fmt(f['time_exponent'], '.2f'):>7}"
+                     f"{_fmt(f['time_r2'], '.3f'):>7}{_fmt(f['flops_exponent'], '.2f'):>8}"
+                     f"{_fmt(f['expected_time'], 'd'):>6}{mark('time'):<4}"
                      f"{_fmt(f['memory_exponent'], '.2f'):>8}{_fmt(f['memory_r2'], '.3f'):>7}"
-                     f"{_fmt(f['expected_memory'], 'd'):>7}{mark('memory')}")
-    lines.append("expected: " + "; ".join(f"{f['attention']}: time {f['expected_time_why']}, memory "
-                                          f"{f['expected_memory_why']}" for f in report.fits))
+                     f"{_fmt(f['expected_memory'], 'd'):>6}{mark('memory')}")
+    lines += [f"  {f['attention']}: time: {f['expected_time_why']}; memory: {f['expected_memory_why']}"
+              for f in report.fits]
     if report.layer:
         lines.append("")
         lines.append("one layer's training activations (fp32, no dropout) vs Korthikanti et al. 2022, adapted: "
@@ -607,7 +631,7 @@ def write_outputs(report: ProfileReport, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     columns = ["attention", "kernel", "direction", "mode", "batch", "heads", "head_dim", "seq_len", "time_ms",
-               "time_p90_ms", "peak_mb", "repeats", "status", "reason"]
+               "time_p90_ms", "peak_mb", "flops", "repeats", "status", "reason"]
     path = out / "profile.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")

@@ -158,8 +158,9 @@ def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None
 class SoftmaxAttention(HeadAttention):
     """Full softmax attention (Vaswani et al. 2017, "Attention Is All You Need") through PyTorch SDPA.
 
-    On CUDA, SDPA dispatches to FlashAttention-2 / memory-efficient kernels when there is no score bias; a
-    position scheme that adds a score bias (ALiBi, relative bias) forces an explicit float mask instead.
+    On CUDA, SDPA dispatches to FlashAttention-2 / memory-efficient kernels when there is no score bias; with a
+    score bias (ALiBi, relative bias) ``nas.kernels`` runs FlexAttention there, and SDPA with an explicit float
+    mask elsewhere. ``self.kernel`` names the kernel of the last call.
     """
 
     class Config(BlockConfig):
@@ -293,8 +294,9 @@ class BlockSparseAttention(HeadAttention):
 
     Query i sees key j when (only j <= i when causal): they lie within ``local_blocks`` blocks of each other;
     or j is the last token of its block (``strided``, the Sparse Transformer's fixed pattern); or either is one
-    of the first ``global_tokens`` positions. The mask is applied to dense scores through SDPA: this shows what
-    the pattern does to quality, not its speed (that needs a block-sparse kernel, e.g. FlexAttention on CUDA).
+    of the first ``global_tokens`` positions. On CUDA ``nas.kernels`` runs it as a FlexAttention block mask,
+    which skips the blocks the pattern leaves out; elsewhere the mask is applied to dense scores through SDPA,
+    which shows what the pattern does to quality, not its speed.
     """
 
     class Config(BlockConfig):

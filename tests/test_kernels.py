@@ -265,7 +265,7 @@ def test_missing_triton_falls_back_cleanly(monkeypatch):
     """Without Triton even the interpreter-backed emulation falls back to the PyTorch reference."""
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    _triton.triton_importable.cache_clear()
+    _triton.reset_probe()
     try:
         assert not _triton.triton_importable()
         block = _attention("linear")
@@ -276,7 +276,7 @@ def test_missing_triton_falls_back_cleanly(monkeypatch):
         assert kernels.rms_norm(None, x, torch.ones(32), 1e-6) is None
     finally:
         monkeypatch.undo()
-        _triton.triton_importable.cache_clear()
+        _triton.reset_probe()
 
 
 def test_unknown_policy_is_an_error_listing_the_valid_ones():
@@ -366,3 +366,15 @@ def test_cuda_dispatch_matches_reference_forward_and_backward(name, fields, posi
     assert block.kernel.startswith(expected) and "math" not in block.kernel, block.kernel
     torch.testing.assert_close(fast, ref, atol=FLEX_TOL, rtol=FLEX_TOL)
     torch.testing.assert_close(fast_grad, ref_grad, atol=FLEX_TOL * 10, rtol=FLEX_TOL)
+
+
+@pytest.mark.parametrize("name, fields, position", [
+    ("softmax", {}, "alibi"), ("sliding_window", {"window": 8}, "none"), ("linear", {}, "none")])
+def test_dispatch_traces_into_one_graph_under_torch_compile(name, fields, position):
+    """The dispatch decisions read plain globals, so torch.compile (here its tracer alone) needs no graph break."""
+    block = _attention(name, True, position, **fields)
+    x = torch.randn(2, 48, 32)
+    expected = block(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), expected, atol=1e-6, rtol=0)

@@ -97,6 +97,11 @@ def test_profile_fits_exponents_beside_expectations(report):
         assert 0 <= f["memory_r2"] <= 1 and f["fit_range"] == [32, 128] and f["points"] == 3
     # Memory is exact on CPU (allocator events): linear attention's working memory grows linearly.
     assert fits["linear"]["memory_exponent"] == pytest.approx(1.0, abs=0.15)
+    # FLOPs are counted, not timed: linear attention's are about linear in T (its intra-chunk products grow
+    # until T reaches the chunk of 64); full attention's lie between T and T^2 (projections + scores)
+    assert fits["linear"]["flops_exponent"] == pytest.approx(1.0, abs=0.1)
+    assert 1.1 < fits["softmax"]["flops_exponent"] < 2.0
+    assert fits["softmax"]["time_agrees"] in (True, False) and fits["softmax"]["memory_agrees"] in (True, False)
 
 
 def test_encoder_only_type_is_profiled_bidirectionally_with_a_note(report):
@@ -125,7 +130,8 @@ def test_profile_writes_csv_json_and_pngs(report):
     rep, out = report
     with (out / "profile.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 9 and all(float(r["time_ms"]) > 0 and float(r["peak_mb"]) > 0 for r in rows)
+    assert len(rows) == 9 and all(float(r["time_ms"]) > 0 and float(r["peak_mb"]) > 0 and float(r["flops"]) > 0
+                                  for r in rows)
     data = json.loads((out / "profile.json").read_text())
     assert {f["attention"] for f in data["fits"]} == {"softmax", "linear", "linformer"}
     assert all("time_exponent" in f and "memory_exponent" in f and "time_r2" in f for f in data["fits"])

@@ -82,6 +82,20 @@ def load_study(root: Path, name: str) -> Any:
     return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
 
 
+def enqueue(root: Path, name: str, directions: list[str], trials: list[dict[str, Any]]) -> None:
+    """Create the study a search will resume, with ``trials`` (parameters) waiting to run first."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = root / "studies" / f"{name}.journal"
+    journal.parent.mkdir(parents=True)
+    study = optuna.create_study(study_name=name, directions=directions,
+                                storage=JournalStorage(JournalFileBackend(str(journal))))
+    for params in trials:
+        study.enqueue_trial(params)
+
+
 def mlflow_runs(root: Path, name: str) -> tuple[Any, Any, list[Any]]:
     """(client, the one parent run, its child runs) of the search ``name`` stored under ``root``."""
     from mlflow import MlflowClient
@@ -285,7 +299,8 @@ def test_show_reports_the_same_front(e2e):
     assert shown["failures"] == []
     assert shown["hypervolume"] == pytest.approx(searched["hypervolume"])
     assert shown["reference_point"] == searched["reference_point"]
-    assert [(r["number"], r["values"]) for r in shown["front"]] == [(r["number"], r["values"]) for r in searched["front"]]
+    front = [(r["number"], r["values"]) for r in searched["front"]]
+    assert [(r["number"], r["values"]) for r in shown["front"]] == front
     assert shown["pair_fronts"] == searched["pair_fronts"]
 
     code, out, _ = run_cli(e2e["cwd"], "show", "e2e", "--all", "--dir", "out")
@@ -415,21 +430,12 @@ FAILING_BODY = """
 def failing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A search of 5 trials under a 64 MB memory limit whose first four are, in order: a block that raises,
     one that returns NaN, one that needs 1 GiB, and plain softmax (enqueued in the study beforehand)."""
-    import optuna
-
     cwd = tmp_path_factory.mktemp("failing")
     (cwd / "nas_test_failing_blocks.py").write_text(FAILING_BLOCKS)
     search = "{n_trials: 5, concurrency: 2, sampler: {type: random}, dir: out, resources: {memory_mb: 64}}"
     (cwd / "space.yaml").write_text(space_text("failing", FAILING_BODY, search, plugins="nas_test_failing_blocks"))
-    journal = cwd / "out" / "studies" / "failing.journal"
-    journal.parent.mkdir(parents=True)
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    study = optuna.create_study(study_name="failing", directions=["maximize", "minimize"],
-                                storage=JournalStorage(JournalFileBackend(str(journal))))
-    for block in ("t_raises", "t_nan", "t_hog", "softmax"):
-        study.enqueue_trial({"attention.type": block})
+    enqueue(cwd / "out", "failing", ["maximize", "minimize"],
+            [{"attention.type": block} for block in ("t_raises", "t_nan", "t_hog", "softmax")])
     code, out, err = run_cli(cwd, "search", "space.yaml", "--quiet", "--json")
     assert code == 0, out + err
     study = load_study(cwd / "out", "failing")
@@ -524,6 +530,42 @@ def test_consecutive_failures_abort_the_search_with_a_clear_message(tmp_path):
     _, parent, children = mlflow_runs(tmp_path / "out", "doomed")
     assert parent.info.status == "FAILED"
     assert sorted(c.info.status for c in children) == sorted(["FAILED"] * 3 + ["KILLED"] * len(interrupted))
+
+
+def test_constraints_prune_oversized_samples_and_keep_violators_off_the_front(tmp_path):
+    """max_params rules a sample out before training (PRUNED, no run, not counted); a soft constraint
+    (max_latency_ms) keeps a trained trial off the front."""
+    body = """
+        model: {d_model: [16, 64], n_layers: 1, n_heads: 2}
+        space:
+          position: [{type: rope}]
+        constraints: {max_params: 10000, max_latency_ms: 0.000001}
+        """
+    search = "{n_trials: 2, concurrency: 2, sampler: {type: tpe}, dir: out}"
+    (tmp_path / "space.yaml").write_text(space_text("constrained", body, search))
+    enqueue(tmp_path / "out", "constrained", ["maximize", "minimize"], [{"model.d_model": 64}])
+    code, out, err = run_cli(tmp_path, "search", "space.yaml", "--quiet", "--json")
+    assert code == 0, out + err
+    outcome = json_in(out)
+    study = load_study(tmp_path / "out", "constrained")
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2 and outcome["counts"]["complete"] == 2
+    assert outcome["counts"]["infeasible"] == len(pruned) >= 1 and study.trials[0] in pruned
+    for t in pruned:
+        assert t.params["model.d_model"] == 64
+        assert t.user_attrs["reason"] == "infeasible: 51920 parameters > max_params 10000"
+        assert "mlflow_run_id" not in t.user_attrs
+    for t in complete:
+        assert t.params["model.d_model"] == 16
+        (violation,) = t.user_attrs["constraints"]
+        assert violation == pytest.approx(t.user_attrs["metrics"]["latency_ms"] - 0.000001)
+        assert violation > 0
+    assert outcome["front"] == [] and outcome["hypervolume"] is None
+
+    _, _, children = mlflow_runs(tmp_path / "out", "constrained")
+    assert sorted(c.data.tags["trial_number"] for c in children) == sorted(str(t.number) for t in complete)
+    assert {(c.data.tags["pareto"], c.data.tags["pareto_rank"]) for c in children} == {("false", "none")}
 
 
 # --- the sampler and the dynamic parameter names ------------------------------------------------------
@@ -731,12 +773,13 @@ def _kill_and_resume(tmp_path: Path, root: Path, command: list[str], env: dict[s
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
+    log_text = (tmp_path / "first.log").read_text
     started: set[int] = set()
     try:
         deadline = time.monotonic() + 240
         while True:
-            assert first.poll() is None, "the search ended before it could be killed:\n" + (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "no 2 complete trials in time:\n" + (tmp_path / "first.log").read_text()
+            assert first.poll() is None, "the search ended before it could be killed:\n" + log_text()
+            assert time.monotonic() < deadline, "no 2 complete trials in time:\n" + log_text()
             started |= descendants(first.pid)
             journal = root / "studies" / "resume.journal"
             with contextlib.suppress(KeyError, ValueError):  # the study may not be in the journal yet

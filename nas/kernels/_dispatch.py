@@ -9,7 +9,6 @@ caller then runs its own plain PyTorch path, which stays the reference every fas
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import warnings
 from typing import Any, Callable, Iterator
@@ -27,8 +26,9 @@ everywhere (no FlexAttention, no Triton; SDPA still picks its own backend). ``em
 the GPU choices with CPU stand-ins (FlexAttention eager; our Triton kernels when ``TRITON_INTERPRET=1``),
 still never a path without a backward when gradients are needed."""
 
-_policy: contextvars.ContextVar[str] = contextvars.ContextVar("nas_kernel_policy",
-                                                               default=os.environ.get("NAS_KERNELS", "auto"))
+# Process-wide plain globals, not context variables: torch.compile reads globals as constants (guarding on
+# them), while ContextVar.get() would break its graphs.
+_policy: str = os.environ.get("NAS_KERNELS", "auto")
 _broken: set[tuple] = set()  # fast paths that raised once; the reference runs for them from then on
 
 _SDPA_BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
@@ -36,18 +36,19 @@ _SDPA_BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrid
 
 @contextlib.contextmanager
 def policy(name: str) -> Iterator[None]:
-    """Run the block under a kernel policy (one of :data:`POLICIES`)."""
+    """Run the block under a kernel policy (one of :data:`POLICIES`); process-wide while it lasts."""
+    global _policy
     if name not in POLICIES:
         raise ValueError(f"unknown kernel policy '{name}'; valid: {', '.join(POLICIES)}")
-    token = _policy.set(name)
+    previous, _policy = _policy, name
     try:
         yield
     finally:
-        _policy.reset(token)
+        _policy = previous
 
 
 def current_policy() -> str:
-    name = _policy.get()
+    name = _policy
     if name not in POLICIES:
         raise ValueError(f"NAS_KERNELS='{name}' is not a kernel policy; valid: {', '.join(POLICIES)}")
     return name

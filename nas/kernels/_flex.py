@@ -8,7 +8,6 @@ FlexAttention's eager (unfused) implementation.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,38 +36,54 @@ class Pattern:
         return self.mask_mod(zero, zero, i, j).expand(T, T)
 
 
-@functools.lru_cache(maxsize=None)
+_PATTERNS: dict[tuple, Pattern] = {}  # one Pattern object per key (a plain dict: torch.compile reads it)
+
+
+def _pattern(key: tuple, make: Callable[[], Callable]) -> Pattern:
+    found = _PATTERNS.get(key)
+    if found is None:
+        found = _PATTERNS[key] = Pattern(key, make())
+    return found
+
+
 def causal() -> Pattern:
-    def mask_mod(b, h, q_idx, kv_idx):
-        return kv_idx <= q_idx
+    def make() -> Callable:
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kv_idx <= q_idx
 
-    return Pattern(("causal",), mask_mod)
+        return mask_mod
+
+    return _pattern(("causal",), make)
 
 
-@functools.lru_cache(maxsize=None)
 def sliding_window(window: int, causal: bool) -> Pattern:
     """Keys fewer than ``window`` positions away (only earlier ones when ``causal``)."""
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        allowed = (q_idx - kv_idx < window) & (kv_idx - q_idx < window)
-        return allowed & (kv_idx <= q_idx) if causal else allowed
+    def make() -> Callable:
+        def mask_mod(b, h, q_idx, kv_idx):
+            allowed = (q_idx - kv_idx < window) & (kv_idx - q_idx < window)
+            return allowed & (kv_idx <= q_idx) if causal else allowed
 
-    return Pattern(("sliding_window", window, causal), mask_mod)
+        return mask_mod
+
+    return _pattern(("sliding_window", window, causal), make)
 
 
-@functools.lru_cache(maxsize=None)
 def block_sparse(block_size: int, local_blocks: int, global_tokens: int, strided: bool, causal: bool) -> Pattern:
     """Neighbouring blocks, the last token of every block (``strided``) and ``global_tokens`` leading positions."""
 
-    def mask_mod(b, h, q_idx, kv_idx):
-        allowed = (q_idx // block_size - kv_idx // block_size).abs() <= local_blocks
-        if strided:
-            allowed = allowed | (kv_idx % block_size == block_size - 1)
-        if global_tokens > 0:
-            allowed = allowed | (q_idx < global_tokens) | (kv_idx < global_tokens)
-        return allowed & (kv_idx <= q_idx) if causal else allowed
+    def make() -> Callable:
+        def mask_mod(b, h, q_idx, kv_idx):
+            allowed = (q_idx // block_size - kv_idx // block_size).abs() <= local_blocks
+            if strided:
+                allowed = allowed | (kv_idx % block_size == block_size - 1)
+            if global_tokens > 0:
+                allowed = allowed | (q_idx < global_tokens) | (kv_idx < global_tokens)
+            return allowed & (kv_idx <= q_idx) if causal else allowed
 
-    return Pattern(("block_sparse", block_size, local_blocks, global_tokens, strided, causal), mask_mod)
+        return mask_mod
+
+    return _pattern(("block_sparse", block_size, local_blocks, global_tokens, strided, causal), make)
 
 
 def bias_score_mod(bias: torch.Tensor) -> Callable:
@@ -89,6 +104,7 @@ def alibi_score_mod(slopes: torch.Tensor) -> Callable:
     return score_mod
 
 
+@torch.compiler.disable  # a cache lookup (and, once per length, building the mask): not part of a graph
 def block_mask(pattern: Pattern, T: int, device: torch.device, compiled: bool) -> Any:
     """The cached FlexAttention block mask of ``pattern`` at length ``T`` on ``device``."""
     from torch.nn.attention.flex_attention import create_block_mask
@@ -140,11 +156,22 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | No
         return flex_function(False)(q, k, v, score_mod=score_mod, block_mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
+_flex_found: bool | None = None
+
+
 def flex_available() -> bool:
-    """FlexAttention exists in this PyTorch (2.5 and later)."""
+    """FlexAttention exists in this PyTorch (2.5 and later); probed once."""
+    if _flex_found is None:
+        _probe_flex()
+    return bool(_flex_found)
+
+
+@torch.compiler.disable
+def _probe_flex() -> None:
+    global _flex_found
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
     except Exception:
-        return False
-    return True
+        _flex_found = False
+    else:
+        _flex_found = True

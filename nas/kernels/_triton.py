@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -10,19 +9,39 @@ import torch
 INSTALL_HINT = "Triton is not installed; `pip install 'nas[triton]'` (or `pip install triton`) to use the fused kernels"
 
 
-@functools.lru_cache(maxsize=None)
+_importable: bool | None = None  # a plain global, so that torch.compile reads it as a constant after the probe
+
+
 def triton_importable() -> bool:
-    """True when ``import triton`` works. Cached: call ``triton_importable.cache_clear()`` after changing that."""
+    """True when ``import triton`` works; probed once (:func:`reset_probe` forgets the answer)."""
+    if _importable is None:
+        _probe()
+    return bool(_importable)
+
+
+@torch.compiler.disable
+def _probe() -> None:
+    global _importable
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception:  # ImportError, or a broken install that fails while importing
-        return False
-    return True
+        _importable = False
+    else:
+        _importable = True
+
+
+def reset_probe() -> None:
+    """Forget whether Triton imports (tests that hide or restore it)."""
+    global _importable
+    _importable = None
 
 
 def interpreting() -> bool:
-    """True when ``TRITON_INTERPRET=1``: kernels run in Triton's NumPy interpreter, on CPU tensors too."""
+    """True when ``TRITON_INTERPRET=1``: kernels run in Triton's NumPy interpreter, on CPU tensors too. Never
+    while ``torch.compile`` traces (the interpreter is for eager tests only)."""
+    if torch.compiler.is_compiling():
+        return False
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
