@@ -42,7 +42,8 @@ from nas.train import loss_fn, pick_device
 
 LENGTHS = (1024, 2048, 3072, 4096)
 #: Table 2 of arXiv 2011.04006 as recorded in ../shared/FIELD-NOTES.md: steps/s relative to vanilla.
-PAPER_SPEED = {"performer": (1.2, 1.9, 3.8, 5.7), "linformer": (1.2, 1.9, 3.7, 5.5), "sliding_window": (1.1, 1.7, 3.2, 5.3)}
+PAPER_SPEED = {"performer": (1.2, 1.9, 3.8, 5.7), "linformer": (1.2, 1.9, 3.7, 5.5),
+               "sliding_window": (1.1, 1.7, 3.2, 5.3)}
 #: Peak memory in GB: vanilla at every length; Linformer only at 1K and 4K (the notes give its range 0.37..0.99).
 PAPER_MEMORY_GB = {"vanilla": (0.85, 2.65, 5.51, 9.48), "linformer": (0.37, None, None, 0.99)}
 #: Our rows: (label, attention type, force SDPA's math backend)

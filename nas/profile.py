@@ -419,7 +419,8 @@ def fit_rows(name: str, rows: list[dict[str, Any]], fit_from: int | None) -> dic
     for metric, expected in (("time", out["expected_time_at_sizes"] if not math.isnan(flops) else out["expected_time"]),
                              ("memory", out["expected_memory"])):
         fitted = out[f"{metric}_exponent"]
-        out[f"{metric}_agrees"] = None if expected is None or math.isnan(fitted) else abs(fitted - expected) <= AGREEMENT
+        known = expected is not None and not math.isnan(fitted)
+        out[f"{metric}_agrees"] = abs(fitted - expected) <= AGREEMENT if known else None
     return out
 
 
@@ -478,12 +479,14 @@ def layer_activation_memory(s: ProfileSettings, device: torch.device,
                 "variant": variant, "seq_len": T, "batch": b, "hidden": h, "heads": a,
                 "kernel": getattr(layer.attention, "kernel", None),
                 "stored_mb": stored / MiB, "step_peak_mb": step_peak / MiB,
-                "formula_fp32_mb": formula["total"] / MiB, "formula_attention_matrix_mb": formula["attention_matrix"] / MiB,
+                "formula_fp32_mb": formula["total"] / MiB,
+                "formula_attention_matrix_mb": formula["attention_matrix"] / MiB,
                 "korthikanti_16bit_mb": korthikanti_bytes(T, b, h, a) / MiB,
                 "korthikanti_attention_matrix_16bit_mb": 5 * a * T * T * b / MiB,
                 "ratio": stored / formula["total"],
             })
-            log(f"  layer {variant:<13} T={T:<6} stored {stored / MiB:8.2f} MiB  formula {formula['total'] / MiB:8.2f} MiB")
+            log(f"  layer {variant:<13} T={T:<6} stored {stored / MiB:8.2f} MiB  "
+                f"formula {formula['total'] / MiB:8.2f} MiB")
     return rows
 
 
