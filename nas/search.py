@@ -6,7 +6,8 @@ Why Ray tasks + Optuna ask/tell rather than Ray Tune (``Tuner`` + ``OptunaSearch
   at most the trials that were running; Tune's searcher state is snapshotted periodically instead;
 * the driver is the only writer of both the journal and MLflow's SQLite store (both unsafe for parallel
   writers), and it decides exactly once what a finished trial counts as;
-* any Optuna multi-objective sampler works unchanged, with ``constraints_func``.
+* any Optuna multi-objective sampler works unchanged; soft constraints reach it through
+  ``Trial.set_constraint`` (Optuna 5's replacement for ``constraints_func``).
 
 Recovery: on start, trials left RUNNING by a dead driver are marked FAIL (``interrupted``), their parameters
 are enqueued again so the same architecture re-runs, and their MLflow runs are closed as KILLED. Interrupted
@@ -67,23 +68,21 @@ class SearchPaths:
 
 
 # --- Optuna ------------------------------------------------------------------------------------------
-def _constraints(trial: Any) -> list[float]:
-    """Optuna ``constraints_func``: the stored violations (<= 0 means satisfied)."""
-    return list(trial.user_attrs.get("constraints", [1.0]))
-
-
 def soft_constraints(spec: Any) -> list[tuple[str, float]]:
     return [(metric, getattr(spec.constraints, key)) for key, metric in _SOFT_CONSTRAINTS.items()
             if getattr(spec.constraints, key) is not None]
 
 
 def make_sampler(spec: Any) -> Any:
-    """The Optuna sampler named in ``search.sampler``, seeded, with soft constraints wired in."""
+    """The Optuna sampler named in ``search.sampler``, seeded.
+
+    Parameters that exist only in some trials (a block's own settings, a choice reduced by another choice)
+    are sampled independently by design, so the samplers' warnings about that are off unless asked for.
+    """
     import optuna
 
     cfg, seed = spec.search.sampler, spec.search.seed
     options = dict(cfg.options)
-    constrained = bool(soft_constraints(spec))
     classes = {
         "random": optuna.samplers.RandomSampler,
         "tpe": optuna.samplers.TPESampler,
@@ -91,8 +90,8 @@ def make_sampler(spec: Any) -> Any:
         "nsga3": optuna.samplers.NSGAIIISampler,
         "gp": optuna.samplers.GPSampler,
     }
-    if constrained and cfg.type != "random":
-        options.setdefault("constraints_func", _constraints)
+    if cfg.type in ("tpe", "gp"):
+        options.setdefault("warn_independent_sampling", False)
     return classes[cfg.type](seed=seed, **options)
 
 
@@ -486,7 +485,9 @@ class Controller:
             trial.set_user_attr("reason", reason)
         if status == "ok":
             violations = [metrics[m] - limit for m, limit in soft_constraints(self.spec)]
-            trial.set_user_attr("constraints", violations)
+            trial.set_user_attr("constraints", violations)  # our own front is computed over feasible trials
+            for (metric, _), violation in zip(soft_constraints(self.spec), violations):
+                trial.set_constraint(f"max_{metric}", violation)  # <= 0: satisfied; read by the sampler
             if weights is not None:
                 self.paths.weights.mkdir(parents=True, exist_ok=True)
                 (self.paths.weights / f"trial_{trial.number}.safetensors").write_bytes(weights)

@@ -98,7 +98,12 @@ def run_trial(spec: Any, arch: Architecture, on_log: Callable[[int, float], None
     except NonFiniteLoss as exc:
         result.status, result.reason = "failed", f"nan: {exc}"
     except (torch.OutOfMemoryError, MemoryError) as exc:
-        result.status, result.reason = "failed", f"out of memory: {str(exc).splitlines()[0] if str(exc) else ''}"
+        result.status, result.reason = "failed", f"out of memory: {_first_line(exc) or type(exc).__name__}"
+    except RuntimeError as exc:
+        # torch's CPU allocator raises a plain RuntimeError when an allocation fails.
+        kind = "out of memory" if "can't allocate memory" in str(exc) else f"error: {type(exc).__name__}"
+        result.status, result.reason = "failed", f"{kind}: {_first_line(exc)}"
+        info["traceback"] = traceback.format_exc(limit=8)
     except Exception as exc:  # a bad block, a shape error... recorded with its reason; the search goes on
         result.status = "failed"
         result.reason = f"error: {type(exc).__name__}: {exc}"
@@ -171,6 +176,11 @@ def model_bytes(model: Any) -> int:
     except Exception:  # a tensor subclass that does not pickle: count the bytes of what is there
         return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
     return buffer.getbuffer().nbytes
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
 
 
 def _device_name(device: torch.device) -> str:

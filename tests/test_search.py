@@ -467,9 +467,6 @@ def test_failure_reasons_name_the_exception_and_nan(failing):
     assert "allocate" in failing["trials"]["t_hog"].user_attrs["reason"]
 
 
-@pytest.mark.xfail(strict=True, reason="nas/trial.py classifies only torch.OutOfMemoryError and MemoryError as out "
-                   "of memory; a failed CPU allocation in torch raises a plain RuntimeError ('DefaultCPUAllocator: "
-                   "can't allocate memory'), so it is recorded as 'error: RuntimeError: ...'")
 def test_a_trial_over_the_memory_limit_is_recorded_as_out_of_memory(failing):
     assert failing["trials"]["t_hog"].user_attrs["reason"].startswith("out of memory")
 
