@@ -90,7 +90,7 @@ def make_sampler(spec: Any) -> Any:
         "nsga3": optuna.samplers.NSGAIIISampler,
         "gp": optuna.samplers.GPSampler,
     }
-    if cfg.type in ("tpe", "gp"):
+    if cfg.type == "gp":  # (TPE deprecated the option in Optuna 4.9 and no longer warns)
         options.setdefault("warn_independent_sampling", False)
     return classes[cfg.type](seed=seed, **options)
 
