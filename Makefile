@@ -23,7 +23,7 @@ quickstart: $(BIN)/nas
 	$(BIN)/nas search search_spaces/quickstart.yaml
 
 test: $(BIN)/nas
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests examples/nas-example-plugin/tests
 
 clean:
 	rm -rf $(VENV) .nas
