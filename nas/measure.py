@@ -27,7 +27,7 @@ from torch import nn
 
 from .train import autocast, loss_fn
 
-__all__ = ["measure_latency", "peak_memory", "inference_memory", "train_step_memory", "METHOD"]
+__all__ = ["measure_latency", "peak_memory", "allocation_trace", "inference_memory", "train_step_memory", "METHOD"]
 
 METHOD = {
     "latency": "median/p90 of repeated inference forwards after warm-up; CUDA events on GPU, perf_counter on CPU",
@@ -99,14 +99,16 @@ def _live_bytes(tensors: Any) -> int:
     return sum(seen.values())
 
 
-def peak_memory(fn: Callable[[], Any], device: torch.device, live: Any = ()) -> int:
-    """Peak bytes held by tensors while ``fn()`` runs, counting the tensors in ``live`` that exist before it."""
+def allocation_trace(fn: Callable[[], Any], device: torch.device) -> tuple[int, int]:
+    """``(peak, retained)`` bytes allocated while ``fn()`` runs, above what was allocated before it: the
+    running maximum, and what is still held when it returns."""
     if device.type == "cuda":
         _sync(device)
+        base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
         _sync(device)
-        return torch.cuda.max_memory_allocated(device)
+        return torch.cuda.max_memory_allocated(device) - base, torch.cuda.memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
@@ -124,7 +126,18 @@ def peak_memory(fn: Callable[[], Any], device: torch.device, live: Any = ()) -> 
     for event in events:
         current += event.nbytes()
         peak = max(peak, current)
-    return _live_bytes(live) + peak
+    return peak, current
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device, live: Any = ()) -> int:
+    """Peak bytes held by tensors while ``fn()`` runs, counting the tensors in ``live`` that exist before it."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _live_bytes(live) + allocation_trace(fn, device)[0]
 
 
 def inference_memory(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> int:

@@ -41,7 +41,7 @@ from torch import nn
 
 from . import kernels, registry
 from .blocks import Dims
-from .measure import _silence_native_stderr, _sync, measure_latency, peak_memory
+from .measure import _sync, allocation_trace, measure_latency, peak_memory
 
 __all__ = ["ProfileSettings", "ProfileReport", "fit_power_law", "korthikanti_bytes", "activation_formula",
            "run_profile", "format_report", "write_outputs", "log_to_mlflow", "EXPECTED_TIME"]
@@ -173,35 +173,6 @@ def expected_exponents(name: str, cls: type, kernel: str | None) -> dict[str, An
 
 
 # -- measurement ----------------------------------------------------------------------------------------------
-def _memory_trace(fn: Callable[[], Any], device: torch.device) -> tuple[int, int]:
-    """``(peak, retained)`` bytes allocated while ``fn()`` runs, above what was allocated before: the running
-    maximum, and what is still held when it returns."""
-    if device.type == "cuda":
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - base, torch.cuda.memory_allocated(device) - base
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _silence_native_stderr():
-        prof.start()
-    try:
-        fn()
-    finally:
-        with _silence_native_stderr():
-            prof.stop()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak, current
-
-
 def _working_peak(fn: Callable[[], Any], device: torch.device) -> int:
     """Peak bytes allocated during ``fn()`` above what was allocated before it."""
     if device.type == "cuda":
@@ -467,11 +438,11 @@ def layer_activation_memory(s: ProfileSettings, device: torch.device,
 
             kept: list[torch.Tensor] = []
             forward().backward(grad)  # warm-up, outside the traces
-            _, stored = _memory_trace(lambda: kept.append(forward()), device)
+            _, stored = allocation_trace(lambda: kept.append(forward()), device)
             kept.pop().backward(grad)
             layer.zero_grad(set_to_none=True)  # gradients freed outside the trace: the step peak counts them once
             x.grad = None
-            step_peak, _ = _memory_trace(lambda: forward().backward(grad), device)
+            step_peak, _ = allocation_trace(lambda: forward().backward(grad), device)
             layer.zero_grad(set_to_none=True)
             x.grad = None
             formula = activation_formula(T, b, h, a, variant)
