@@ -525,11 +525,16 @@ class Controller:
             return
         directions = [d for _, d in self.objectives]
         front = compute_front(self.objectives, rows)
+        before = {n for n, r in self.state.ranks.items() if r == 0}
         for row, rank in zip(front.rows, front.ranks):
             rank = rank if rank >= 0 else None
             if row.run_id and (log_all or self.state.ranks.get(row.number, "unset") != rank):
                 tracker.set_pareto(row.run_id, rank)
                 self.state.ranks[row.number] = rank
+        if {r.number for r in front.pareto} != before:
+            self._say("  front now: " + "; ".join(
+                f"#{r.number} {r.summary} (" + ", ".join(f"{m}={v:.3g}" for (m, _), v in zip(self.objectives, r.values))
+                + ")" for r in front.pareto))
         feasible = [r.values for r in rows if r.feasible]
         ref = study.user_attrs.get("reference_point")
         if ref is None and self.spec.search.reference_point is not None:

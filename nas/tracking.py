@@ -2,9 +2,11 @@
 
 Every write comes from the search driver process, so a local SQLite store is safe (it is unsafe with
 parallel writers). The Optuna journal is the source of truth; :meth:`Tracker.reconcile` brings MLflow back in
-line with it after a crash (runs left RUNNING become KILLED, or are finished from the stored trial data).
+line with it after a crash (the controller's reconciliation: runs left RUNNING become KILLED, or are finished
+from the stored trial data).
 
-Layout of a child run: params = the architecture as flat keys (``layers.0.attention.type``); metrics = the
+Layout of a child run: params = the architecture as flat keys (``layers.0.attention.type``) and the kernel
+that ran in each attention/norm module (``kernel.layers.0.attention = sdpa:flash``); metrics = the
 objectives and every measured figure, and ``train_loss`` stepped by training step; tags = ``status``,
 ``failure_reason``, ``pareto`` (true/false), ``pareto_rank``, ``trial_number``. The parent holds the YAML,
 the resolved spec, the plugins and their versions, ``hypervolume`` stepped by finished trial, and the
@@ -105,6 +107,8 @@ class Tracker:
         for k in ("device", "latency_threads", "seconds", "train_seconds", "kernels"):
             if info and info.get(k) is not None:
                 tags.append(RunTag(f"info.{k}", str(info[k])[:4000]))
+        if info and info.get("kernels"):  # which kernel produced the latency figures, one param per module
+            self._log_params(run_id, {f"kernel.{path}": str(k) for path, k in info["kernels"].items()})
         for i in range(0, len(entries), 900):  # log_batch takes at most 1000 metrics
             self.client.log_batch(run_id, metrics=entries[i: i + 900], tags=tags if i == 0 else [])
         if not entries:
