@@ -130,14 +130,14 @@ def allocation_trace(fn: Callable[[], Any], device: torch.device) -> tuple[int, 
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device, live: Any = ()) -> int:
-    """Peak bytes held by tensors while ``fn()`` runs, counting the tensors in ``live`` that exist before it."""
+    """Peak bytes held by tensors while ``fn()`` runs, counting the tensors alive before it: on CUDA all that
+    is allocated on the device, on CPU the tensors in ``live``."""
     if device.type == "cuda":
         _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device)
-    return _live_bytes(live) + allocation_trace(fn, device)[0]
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _live_bytes(live)
+    return before + allocation_trace(fn, device)[0]
 
 
 def inference_memory(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> int:

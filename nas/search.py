@@ -297,6 +297,8 @@ class Controller:
         self.objectives = objective_directions(self.spec)
         self.live = live
         self.state = _State()
+        self._sizing: tuple[Any, Any] | None = None  # (task, example input) for max_params checks
+        self._last_view: tuple[int, int] | None = None  # (done, running) last printed by the live view
 
     # -- set-up --------------------------------------------------------------------------------------
     def _open_study(self) -> Any:
@@ -335,10 +337,7 @@ class Controller:
         reason = "interrupted: the search process stopped while this trial ran; it is run again"
         lost = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            _fail_and_requeue(study, t._trial_id, t.number, t.params, reason)
             lost += 1
         # MLflow: a trial's run is closed after Optuna records the trial, so a RUNNING run is either lost
         # (KILLED) or its trial was recorded just before the crash (finish it from the journal).
@@ -437,8 +436,10 @@ class Controller:
         trial.set_user_attr("summary", arch.summary())
         limit = self.spec.constraints.max_params
         if limit is not None:
-            task_obj = build_task(self.spec)
-            params = meta_costs(arch, task_obj, task_obj.example_batch(1)[0])["params"]
+            if self._sizing is None:  # the task and an example input, built once: sizing runs every sample
+                task_obj = build_task(self.spec)
+                self._sizing = (task_obj, task_obj.example_batch(1)[0])
+            params = meta_costs(arch, *self._sizing)["params"]
             if params > limit:
                 trial.set_user_attr("reason", f"infeasible: {int(params)} parameters > max_params {limit}")
                 trial.set_user_attr("metrics", {"params": params})
@@ -551,14 +552,10 @@ class Controller:
     def _interrupt(self, study: Any, tracker: Any, running: dict, reason: str) -> None:
         """Stop running trials; fail them as interrupted and enqueue them again for the next resume."""
         import ray
-        from optuna.trial import TrialState
 
         for ref, job in running.items():
             ray.cancel(ref, force=True)
-            job.trial.set_user_attr("interrupted", True)
-            job.trial.set_user_attr("reason", reason)
-            study.tell(job.trial, state=TrialState.FAIL)
-            study.enqueue_trial(job.trial.params, user_attrs={"retry_of": job.trial.number}, skip_if_exists=False)
+            _fail_and_requeue(study, job.trial._trial_id, job.trial.number, job.trial.params, reason)
             tracker.kill_trial(job.run_id, reason)
         running.clear()
 
@@ -597,13 +594,24 @@ class Controller:
             return
         now = time.perf_counter()
         key = (self.state.done, len(running))
-        if getattr(self, "_last_view", None) == key:
+        if self._last_view == key:
             return
         self._last_view = key
         hv = f"{self.state.hv:.4g}" if self.state.hv is not None else "-"
         names = ", ".join(f"{j.trial.number} ({now - j.started:.0f}s)" for j in running.values())
         print(f"  [{self.state.done}/{self.spec.search.n_trials} done, {len(running)} running, {self.state.failed} "
               f"failed, {self.state.infeasible} infeasible] hypervolume {hv}  running: {names or '-'}", flush=True)
+
+
+def _fail_and_requeue(study: Any, trial_id: int, number: int, params: dict[str, Any], reason: str) -> None:
+    """Mark a trial that did not finish as FAIL (``interrupted``, with ``reason``) and enqueue its parameters,
+    so the same architecture runs again and the lost attempt never counts towards ``n_trials``."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_user_attr(trial_id, "interrupted", True)
+    study._storage.set_trial_user_attr(trial_id, "reason", reason)
+    study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
 
 
 def natural_reference(values: list[list[float]], directions: list[str]) -> list[float]:

@@ -140,17 +140,28 @@ def flex(owner: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
         return None
     if bias is not None and score_mod is None:
         score_mod = _flex.bias_score_mod(bias.to(q.dtype) if q.dtype != torch.float32 else bias)
-    try:
-        out = _flex.run(q, k, v, pattern, score_mod, compiled)
-    except Exception as exc:
-        if not compiled:
-            raise
-        _broken.add(key)
-        warnings.warn(f"FlexAttention failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                      f"using the reference path for {key[1:3]} from now on", RuntimeWarning, stacklevel=2)
+    out = _guarded(key, compiled, "FlexAttention", f"the reference path for {key[1:3]}",
+                   lambda: _flex.run(q, k, v, pattern, score_mod, compiled))
+    if out is None:
         return None
     record(owner, "flex" + ("" if compiled else "-eager") + ("+bias" if bias is not None else ""))
     return out
+
+
+def _guarded(key: tuple, disable_on_error: bool, what: str, fallback: str,
+             run: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    """``run()``, or ``None`` when it raises on a real fast path (compiled, on CUDA): that path is then switched
+    off for the rest of the process with a warning, and the caller takes ``fallback``. Where the fast path is
+    an emulation (eager FlexAttention, the Triton interpreter on CPU), errors propagate: they are bugs."""
+    try:
+        return run()
+    except Exception as exc:
+        if not disable_on_error:
+            raise
+        _broken.add(key)
+        warnings.warn(f"{what} failed ({type(exc).__name__}: {str(exc)[:200]}); using {fallback} from now on",
+                      RuntimeWarning, stacklevel=4)
+        return None
 
 
 # -- linear attention and norms ---------------------------------------------------------------------------
@@ -174,14 +185,9 @@ def linear_attention(owner: Any, phi_q: torch.Tensor, phi_k: torch.Tensor, v: to
         return None
     from ._linear import causal_linear_attention_triton
 
-    try:
-        out = causal_linear_attention_triton(phi_q, phi_k, v, eps)
-    except Exception as exc:
-        if phi_q.device.type != "cuda":
-            raise
-        _broken.add(key)
-        warnings.warn(f"Triton linear attention failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                      "using the PyTorch reference from now on", RuntimeWarning, stacklevel=2)
+    out = _guarded(key, phi_q.device.type == "cuda", "Triton linear attention", "the PyTorch reference",
+                   lambda: causal_linear_attention_triton(phi_q, phi_k, v, eps))
+    if out is None:
         return None
     record(owner, "triton:chunked_linear_attention")
     return out
@@ -200,14 +206,9 @@ def rms_norm(owner: Any, x: torch.Tensor, weight: torch.Tensor | None, eps: floa
     eps = torch.finfo(x.dtype).eps if eps is None else eps
     if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
         x = x.float()  # as autocast does for torch's rms_norm (an fp32 op)
-    try:
-        out = rms_norm_triton(x, weight, eps)
-    except Exception as exc:
-        if x.device.type != "cuda":
-            raise
-        _broken.add(key)
-        warnings.warn(f"Triton RMSNorm failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                      "using torch.nn.RMSNorm from now on", RuntimeWarning, stacklevel=2)
+    out = _guarded(key, x.device.type == "cuda", "Triton RMSNorm", "torch.nn.RMSNorm",
+                   lambda: rms_norm_triton(x, weight, eps))
+    if out is None:
         return None
     record(owner, "triton:rms_norm")
     return out
