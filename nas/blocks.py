@@ -22,21 +22,25 @@ task        ``cls(config)``                                       see :class:`Ta
 compression ``cls(config)``                                       see :class:`Compression`
 ==========  ====================================================  =========================================
 
-Optional methods a block may define, each found by duck typing on the built model:
+Optional hooks a block may implement, each declared below as a Protocol and read only by the functions
+beside it (:func:`aux_loss`, :func:`block_stats`, :func:`reset_stats`, :func:`inactive_parameters`,
+:func:`search_space_of`), never probed elsewhere:
 
-* ``aux_loss() -> Tensor | None``: an auxiliary loss of the last forward, added to the training loss
-  (mixture-of-experts load balancing); :meth:`nas.model.Transformer.aux_loss` sums them.
-* ``stats() -> dict[str, float]`` and ``reset_stats()``: what the block saw since the reset (expert
-  utilisation); a trial resets them before evaluation and logs them as ``<module path>.<key>`` metrics.
-* ``inactive_parameters() -> int``: parameters a token does not use (unrouted experts), for ``params_active``.
-* ``prune_heads(fraction) -> int`` (attention) and ``prune_neurons(fraction) -> int`` (ffn): structured
-  pruning that really shrinks the module; called by compression plugins after training.
+* :class:`AuxLoss`: ``aux_loss() -> Tensor | None``, an auxiliary loss of the last forward, added to the
+  training loss (mixture-of-experts load balancing).
+* :class:`Stats`: ``stats() -> dict[str, float]`` and ``reset_stats()``, what the block saw since the reset
+  (expert utilisation); a trial resets them before evaluation and logs them as ``<module path>.<key>``.
+* :class:`InactiveParameters`: ``inactive_parameters() -> int``, parameters a token does not use (unrouted
+  experts), for ``params_active``.
+* :class:`PrunableHeads` / :class:`PrunableNeurons`: ``prune_heads(fraction) -> int`` (attention) and
+  ``prune_neurons(fraction) -> int`` (ffn), structured pruning that really shrinks the module.
+* :class:`OwnSearchSpace`: a classmethod ``search_space(trial, entry, dims, prefix) -> Config``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterator, Literal, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -50,7 +54,20 @@ __all__ = [
     "Task",
     "Compression",
     "Batch",
+    "Finetune",
     "POSITION_MODES",
+    "AuxLoss",
+    "Stats",
+    "InactiveParameters",
+    "PrunableHeads",
+    "PrunableNeurons",
+    "OwnSearchSpace",
+    "capabilities_of",
+    "aux_loss",
+    "block_stats",
+    "reset_stats",
+    "inactive_parameters",
+    "search_space_of",
 ]
 
 #: Where a position scheme acts: added to the token embeddings, rotating queries and keys, or as an
@@ -63,6 +80,7 @@ class BlockConfig(BaseModel):
     """Base class of every block's config. Subclasses add ``type: Literal["name"] = "name"`` and their fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str  # the registered name; each subclass narrows it to its Literal
 
 
 @dataclass(frozen=True)
@@ -82,15 +100,28 @@ class Capabilities:
     """attention only: the position modes (see ``POSITION_MODES``) this attention can take."""
     position_mode: str = "none"
     """position only: where this scheme acts (one of ``POSITION_MODES``)."""
+    time_exponent: tuple[int, str] | None = None
+    """attention only: the asymptotic time exponent in the sequence length and why, e.g. ``(2, "every query
+    scores every key")``; ``nas profile`` compares its fitted exponent with it."""
 
-    def describe(self, kind: str) -> dict:
+    def supports(self, causal: bool) -> bool:
+        """Whether the block can run in this direction (causal, or bidirectional)."""
+        return self.causal if causal else self.bidirectional
+
+    def directions(self) -> list[bool]:
+        """The directions the block runs in: ``True`` for causal, ``False`` for bidirectional."""
+        return [c for c in (True, False) if self.supports(c)]
+
+    def describe(self, kind: str) -> dict[str, Any]:
         """The capabilities that matter for ``kind``, as plain JSON-able values."""
-        out: dict = {"needs_gpu": self.needs_gpu}
+        out: dict[str, Any] = {"needs_gpu": self.needs_gpu}
         if kind == "attention":
             out.update(causal=self.causal, bidirectional=self.bidirectional,
                        positions=sorted(self.positions))
         elif kind == "position":
             out["position_mode"] = self.position_mode
+        elif kind == "task":
+            out["causal"] = self.causal
         return out
 
 
@@ -142,9 +173,10 @@ class Task:
     """
 
     Config: ClassVar[type[BlockConfig]]
-    capabilities: ClassVar[Capabilities] = Capabilities()
     #: metric name -> "maximize" | "minimize"; the first one is the task's headline metric.
     metrics: ClassVar[dict[str, str]] = {"accuracy": "maximize"}
+    #: The task's one declaration of direction: decoder (True) or encoder (False). Its capabilities
+    #: (:func:`capabilities_of`) are derived from it.
     causal: ClassVar[bool] = True
 
     def __init__(self, config: BlockConfig):
@@ -175,6 +207,12 @@ class Task:
     def example_batch(self, batch_size: int) -> Batch:
         """A batch of the right shapes and dtypes for timing and memory measurement."""
         return next(iter(self.train_batches(batch_size, seed=0)))
+
+    @classmethod
+    def tiny_config(cls, seq_len: int) -> BlockConfig:
+        """A config of this task small enough for the conformance kit (a few examples, ``seq_len`` positions
+        where the task lets the length be chosen). Default: the default config."""
+        return cls.Config()
 
     def evaluate(self, model: nn.Module, batch_size: int, device: torch.device) -> dict[str, float]:
         """Quality metrics on the held-out set. The default: accuracy over targets != -100."""
@@ -223,3 +261,80 @@ class Compression:
     def precision(self, trained: str) -> str:
         """The autocast precision to measure the compressed model under, given the one it was trained in."""
         return trained
+
+
+# --- optional hooks, declared ------------------------------------------------------------------------
+@runtime_checkable
+class AuxLoss(Protocol):
+    def aux_loss(self) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
+class Stats(Protocol):
+    def stats(self) -> dict[str, float]: ...
+    def reset_stats(self) -> None: ...
+
+
+@runtime_checkable
+class InactiveParameters(Protocol):
+    def inactive_parameters(self) -> int: ...
+
+
+@runtime_checkable
+class PrunableHeads(Protocol):
+    def prune_heads(self, fraction: float) -> int: ...
+
+
+@runtime_checkable
+class PrunableNeurons(Protocol):
+    def prune_neurons(self, fraction: float) -> int: ...
+
+
+class OwnSearchSpace(Protocol):
+    """A block class whose parameters depend on each other or on the model size samples them itself."""
+
+    @classmethod
+    def search_space(cls, trial: Any, entry: Any, dims: Dims, prefix: str) -> BlockConfig: ...
+
+
+# --- the one place the hooks and capabilities are read -------------------------------------------------
+def capabilities_of(kind: str, cls: type) -> Capabilities:
+    """What a registered class declares: its ``capabilities`` (a task's are derived from ``Task.causal``)."""
+    if kind == "task":
+        causal = bool(getattr(cls, "causal", True))
+        return Capabilities(causal=causal, bidirectional=not causal)
+    declared = getattr(cls, "capabilities", None)
+    return declared if isinstance(declared, Capabilities) else Capabilities()
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor | None:
+    """The sum of the auxiliary losses the model's blocks computed in the last forward, or None."""
+    losses = [m.aux_loss() for m in model.modules() if isinstance(m, AuxLoss)]
+    present = [loss for loss in losses if loss is not None]
+    return torch.stack(present).sum() if present else None
+
+
+def block_stats(model: nn.Module) -> dict[str, float]:
+    """What blocks report through ``stats()`` (e.g. expert utilisation), as ``<module path>.<key>`` figures."""
+    out: dict[str, float] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Stats):
+            out.update({f"{name}.{k}": float(v) for k, v in m.stats().items()})
+    return out
+
+
+def reset_stats(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, Stats):
+            m.reset_stats()
+
+
+def inactive_parameters(model: nn.Module) -> int:
+    """Parameters of the model a token does not use, summed over the blocks that say so."""
+    return sum(m.inactive_parameters() for m in model.modules() if isinstance(m, InactiveParameters))
+
+
+def search_space_of(cls: type) -> Callable[..., BlockConfig] | None:
+    """The block's own define-by-run space (:class:`OwnSearchSpace`), or None for the generic one."""
+    fn = getattr(cls, "search_space", None)
+    return fn if callable(fn) else None

@@ -98,13 +98,13 @@ def sample_one(spec: Any, seed: int):
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from .space import Architecture
+    from .architecture import Architecture
     from .trial import run_trial
 
     loaded = _load(args.space, quiet=args.json)
     spec = loaded.spec
     if args.arch:
-        from . import yamlio
+        from .spec import yamlio
 
         try:
             data, _ = yamlio.load(args.arch)
@@ -165,7 +165,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from .report import format_table
-    from .search import SearchOutcome, SearchPaths, _counts, load_study, study_front
+    from .search import SearchOutcome, SearchPaths, count_trials, load_study, study_front
 
     paths = SearchPaths(Path(args.dir), args.name)
     try:
@@ -173,7 +173,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from None
     front, hv, ref = study_front(study)
-    outcome = SearchOutcome(args.name, front, hv, ref, _counts(study), 0.0,
+    outcome = SearchOutcome(args.name, front, hv, ref, count_trials(study), 0.0,
                             study.user_attrs.get("mlflow_parent_run_id", ""), paths)
     failures = [{"trial": t.number, "reason": t.user_attrs.get("reason")} for t in study.get_trials(deepcopy=False)
                 if t.user_attrs.get("reason")]

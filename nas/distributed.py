@@ -15,7 +15,13 @@ from typing import Any, Iterator
 
 import torch
 
+from . import registry
+from .architecture import Architecture
 from .blocks import Batch
+from .model import build_model, build_task
+from .runtime import seed_everything
+from .spec import Spec, spec_from_data
+from .train import TrainResult, train
 
 __all__ = ["train_data_parallel", "shard"]
 
@@ -32,15 +38,7 @@ def _loop(config: dict[str, Any]) -> None:
     import ray.train.torch
     from safetensors.torch import save_model
 
-    from . import registry
-    from .model import build_model
-    from .space import Architecture
-    from .spec import spec_model
-    from .train import seed_everything, train
-    from .trial import build_task
-
-    registry.load_plugins(config["plugins"])
-    spec = spec_model().model_validate(config["spec"])
+    spec = spec_from_data(config["spec"], config["plugins"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(1)
@@ -54,16 +52,18 @@ def _loop(config: dict[str, Any]) -> None:
     metrics = {"curve": [list(p) for p in result.curve], "seconds": result.seconds, "steps": result.steps}
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
-            save_model(model.module if hasattr(model, "module") else model, f"{tmp}/weights.safetensors")
+            core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+            save_model(core, f"{tmp}/weights.safetensors")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics)
 
 
-def train_data_parallel(spec: Any, arch: Any, model: torch.nn.Module, storage: str | None = None) -> Any:
+def train_data_parallel(spec: Spec, arch: Architecture, model: torch.nn.Module,
+                        storage: str | None = None) -> TrainResult:
     """Train ``arch`` on ``spec.training.workers`` Ray Train workers; load the result into ``model``.
 
-    Returns a :class:`nas.train.TrainResult`. Needs a running Ray (a trial task reserves no CPU while its
+    Needs a running Ray (a trial task reserves no CPU while its
     workers train, so they do not deadlock waiting for each other's CPUs).
     """
     use_gpu = spec.training.device == "cuda" or (spec.training.device == "auto" and torch.cuda.is_available())
@@ -71,13 +71,10 @@ def train_data_parallel(spec: Any, arch: Any, model: torch.nn.Module, storage: s
         return _fit(spec, arch, model, use_gpu, tmp)
 
 
-def _fit(spec: Any, arch: Any, model: torch.nn.Module, use_gpu: bool, storage: str) -> Any:
+def _fit(spec: Spec, arch: Architecture, model: torch.nn.Module, use_gpu: bool, storage: str) -> TrainResult:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from safetensors.torch import load_model
-
-    from . import registry
-    from .train import TrainResult
 
     trainer = TorchTrainer(
         _loop,

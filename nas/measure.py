@@ -25,9 +25,11 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .train import autocast, loss_fn
+from .blocks import aux_loss
+from .runtime import autocast, loss_fn
 
-__all__ = ["measure_latency", "peak_memory", "allocation_trace", "inference_memory", "train_step_memory", "METHOD"]
+__all__ = ["measure_latency", "timed", "peak_memory", "working_peak", "allocation_trace", "inference_memory",
+           "train_step_memory", "sync", "METHOD"]
 
 METHOD = {
     "latency": "median/p90 of repeated inference forwards after warm-up; CUDA events on GPU, perf_counter on CPU",
@@ -36,9 +38,33 @@ METHOD = {
 }
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    """Median and p90 milliseconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones: CUDA events
+    on a GPU, ``time.perf_counter`` on a CPU."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    return {"latency_ms": statistics.median(times), "latency_p90_ms": p90}
 
 
 def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, threads: int,
@@ -49,29 +75,11 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int
     previous_threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
-    times: list[float] = []
     try:
         with torch.inference_mode(), autocast(device, precision):
-            for _ in range(warmup):
-                model(x)
-            _sync(device)
-            for _ in range(repeats):
-                if device.type == "cuda":
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    model(x)
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end))
-                else:
-                    t0 = time.perf_counter()
-                    model(x)
-                    times.append((time.perf_counter() - t0) * 1e3)
+            return timed(lambda: model(x), device, warmup, repeats)
     finally:
         torch.set_num_threads(previous_threads)
-    times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return {"latency_ms": statistics.median(times), "latency_p90_ms": p90}
 
 
 @contextlib.contextmanager
@@ -103,11 +111,11 @@ def allocation_trace(fn: Callable[[], Any], device: torch.device) -> tuple[int, 
     """``(peak, retained)`` bytes allocated while ``fn()`` runs, above what was allocated before it: the
     running maximum, and what is still held when it returns."""
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
-        _sync(device)
+        sync(device)
         return torch.cuda.max_memory_allocated(device) - base, torch.cuda.memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
@@ -129,11 +137,16 @@ def allocation_trace(fn: Callable[[], Any], device: torch.device) -> tuple[int, 
     return peak, current
 
 
+def working_peak(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated while ``fn()`` runs above what was allocated before it (CUDA and CPU alike)."""
+    return allocation_trace(fn, device)[0]
+
+
 def peak_memory(fn: Callable[[], Any], device: torch.device, live: Any = ()) -> int:
     """Peak bytes held by tensors while ``fn()`` runs, counting the tensors alive before it: on CUDA all that
     is allocated on the device, on CPU the tensors in ``live``."""
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         before = torch.cuda.memory_allocated(device)
     else:
         before = _live_bytes(live)
@@ -160,7 +173,7 @@ def train_step_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precis
     def step() -> None:
         with autocast(x.device, precision):
             loss = loss_fn(model(x), y)
-            aux = model.aux_loss() if hasattr(model, "aux_loss") else None
+            aux = aux_loss(model)
             if aux is not None:
                 loss = loss + aux
         loss.backward()

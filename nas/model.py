@@ -1,22 +1,23 @@
 """The Transformer, assembled by dependency injection from built blocks, and its cost functions.
 
 A layer receives already-built attention, feed-forward and norm modules and never branches on block type
-strings; :func:`build_model` is the one place that turns an :class:`~nas.space.Architecture` into modules.
+strings; :func:`build_model` is the one place that turns an :class:`~nas.architecture.Architecture` into
+modules, and :func:`build_task` the one place that builds a spec's task.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import registry
-from .blocks import Dims, PositionScheme, Task
-from .space import Architecture, block_config
+from .architecture import Architecture, block_config
+from .blocks import BlockConfig, PositionScheme, Task, inactive_parameters
 
-__all__ = ["Layer", "Transformer", "build_model", "count_parameters", "count_active_parameters",
+__all__ = ["Layer", "Transformer", "build_model", "build_task", "count_parameters", "count_active_parameters",
            "count_flops_per_token", "meta_costs"]
 
 
@@ -82,11 +83,18 @@ class Transformer(nn.Module):
             h = h.mean(dim=1)  # (B, C)
         return self.head(h)  # (B, T, V) or (B, classes)
 
-    def aux_loss(self) -> torch.Tensor | None:
-        """Sum of the auxiliary losses blocks computed in the last forward (e.g. MoE load balancing)."""
-        losses = [m.aux_loss() for m in self.modules() if m is not self and hasattr(m, "aux_loss")]
-        losses = [loss for loss in losses if loss is not None]
-        return torch.stack(losses).sum() if losses else None
+
+class HasTask(Protocol):
+    """What building a task needs of a spec (:class:`nas.spec.Spec` has it): the ``task`` section."""
+
+    @property
+    def task(self) -> BlockConfig: ...
+
+
+def build_task(spec: HasTask) -> Task:
+    """The task object of a spec's ``task`` section (its ``type`` selects the registered class)."""
+    built: Task = registry.build("task", spec.task)
+    return built
 
 
 def build_model(arch: Architecture, task: Task) -> Transformer:
@@ -129,8 +137,7 @@ def count_parameters(model: nn.Module) -> int:
 def count_active_parameters(model: nn.Module) -> int:
     """Parameters one token uses: all of them, less what blocks report through ``inactive_parameters()``
     (the experts a mixture-of-experts router does not send the token to)."""
-    inactive = sum(m.inactive_parameters() for m in model.modules() if hasattr(m, "inactive_parameters"))
-    return count_parameters(model) - inactive
+    return count_parameters(model) - inactive_parameters(model)
 
 
 def count_flops_per_token(model: nn.Module, x: torch.Tensor) -> float:

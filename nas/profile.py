@@ -25,6 +25,7 @@ from ``max_memory_allocated``, as in :mod:`nas.measure`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -40,28 +41,14 @@ import torch
 from torch import nn
 
 from . import kernels, registry
-from .blocks import Dims
-from .measure import _sync, allocation_trace, measure_latency, peak_memory
+from .blocks import Dims, capabilities_of
+from .measure import allocation_trace, measure_latency, sync, timed, working_peak
 
 __all__ = ["ProfileSettings", "ProfileReport", "fit_power_law", "korthikanti_bytes", "activation_formula",
-           "run_profile", "format_report", "write_outputs", "log_to_mlflow", "EXPECTED_TIME"]
+           "expected_exponents", "run_profile", "format_report", "write_outputs", "log_to_mlflow"]
 
 MiB = 2**20
 AGREEMENT = 0.3  # a fitted exponent "agrees" when within this of the expected one
-
-#: Asymptotic time exponent of each built-in attention type, with the reason. A third-party type can declare
-#: its own as a class attribute ``time_exponent = (2, "why")``; without one its expectation is unknown.
-EXPECTED_TIME: dict[str, tuple[int, str]] = {
-    "softmax": (2, "every query scores every key"),
-    "gqa": (2, "every query scores every key"),
-    "block_sparse": (2, "strided keys: T/block per query, and the dense mask on CPU"),
-    "sliding_window": (1, "window keys per query"),
-    "linear": (1, "D x D state per head"),
-    "performer": (1, "M x D state per head"),
-    "linformer": (1, "keys projected to proj_len rows"),
-    "mamba": (1, "sequential scan"),
-}
-
 
 @dataclass
 class ProfileSettings:
@@ -158,9 +145,10 @@ def activation_formula(s: int, b: int, h: int, a: int, variant: str) -> dict[str
 
 
 def expected_exponents(name: str, cls: type, kernel: str | None) -> dict[str, Any]:
-    """The analytical time and memory exponents of attention type ``name`` when ``kernel`` ran."""
-    declared = getattr(cls, "time_exponent", None)
-    time_exp, why = declared if declared is not None else EXPECTED_TIME.get(name, (None, "no complexity declared"))
+    """The analytical time and memory exponents of attention type ``name`` when ``kernel`` ran: its declared
+    ``capabilities.time_exponent``, and the memory exponent that follows from it and the kernel."""
+    declared = capabilities_of("attention", cls).time_exponent
+    time_exp, why = declared if declared is not None else (None, "no complexity declared")
     if time_exp is None:
         return {"time": None, "time_why": why, "memory": None, "memory_why": why}
     if time_exp >= 2 and kernel is not None and kernels.materialises_scores(kernel):
@@ -173,19 +161,9 @@ def expected_exponents(name: str, cls: type, kernel: str | None) -> dict[str, An
 
 
 # -- measurement ----------------------------------------------------------------------------------------------
-def _working_peak(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak bytes allocated during ``fn()`` above what was allocated before it."""
-    if device.type == "cuda":
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        return peak_memory(fn, device) - base
-    return peak_memory(fn, device)
-
-
 def _train_latency(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, warmup: int,
                    repeats: int) -> dict[str, float]:
     """Median and p90 milliseconds of forward + backward of ``module`` on ``x`` (which requires grad)."""
-    device = x.device
     module.train()
 
     def step() -> None:
@@ -193,25 +171,7 @@ def _train_latency(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, warmu
         x.grad = None
         module(x).backward(grad)
 
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times: list[float] = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return {"latency_ms": statistics.median(times), "latency_p90_ms": p90}
+    return timed(step, x.device, warmup, repeats)
 
 
 MIN_TIMED_S = 0.25  # short calls are repeated until about this long in all, at most MAX_REPEATS times
@@ -221,7 +181,7 @@ MAX_REPEATS = 50
 def _repeats_for(module: nn.Module, x: torch.Tensor, mode: str, repeats: int) -> int:
     """At least ``repeats``; more for short calls, so that a median is not at the mercy of one scheduler hiccup
     on a busy machine. One untimed call estimates the duration."""
-    _sync(x.device)
+    sync(x.device)
     t0 = time.perf_counter()
     if mode == "forward":
         with torch.inference_mode():
@@ -229,7 +189,7 @@ def _repeats_for(module: nn.Module, x: torch.Tensor, mode: str, repeats: int) ->
     else:
         module.train()(x.detach().requires_grad_(True)).sum().backward()
         module.zero_grad(set_to_none=True)
-    _sync(x.device)
+    sync(x.device)
     once = time.perf_counter() - t0
     return max(repeats, min(MAX_REPEATS, math.ceil(MIN_TIMED_S / max(once, 1e-6))))
 
@@ -246,7 +206,7 @@ def measure_point(module: nn.Module, x: torch.Tensor, mode: str, warmup: int, re
             with torch.inference_mode():
                 module(x)
 
-        peak = _working_peak(call, device)
+        peak = working_peak(call, device)
     elif mode == "train":
         x = x.detach().requires_grad_(True)
         grad = torch.randn_like(x)
@@ -255,7 +215,7 @@ def measure_point(module: nn.Module, x: torch.Tensor, mode: str, warmup: int, re
         module(x).backward(grad)  # one step outside the trace: lazily created state exists
         module.zero_grad(set_to_none=True)  # freed outside the trace, so the peak counts the gradients once
         x.grad = None
-        peak = _working_peak(lambda: module(x).backward(grad), device)
+        peak = working_peak(lambda: module(x).backward(grad), device)
         module.zero_grad(set_to_none=True)
     else:
         raise ValueError(f"unknown mode '{mode}'; valid: forward, train")
@@ -278,10 +238,15 @@ def _device_label(device: torch.device, threads: int) -> str:
     return f"cpu ({platform.machine()}, {threads} threads)"
 
 
+def _no_position(dims: Dims) -> nn.Module:
+    """A position scheme that adds nothing (mode ``none``): attention is profiled on its own."""
+    entry = next(e for e in registry.entries("position") if e.capabilities.position_mode == "none")
+    return registry.build("position", entry.config(), dims)
+
+
 def _build(name: str, dims: Dims) -> nn.Module:
     entry = registry.get("attention", name)
-    position = registry.build("position", registry.get("position", "none").config(), dims)
-    return registry.build("attention", entry.config(), dims, position)
+    return registry.build("attention", entry.config(), dims, _no_position(dims))
 
 
 def _forward_flops(name: str, dims: Dims, batch: int, T: int) -> float | None:
@@ -305,12 +270,10 @@ def profile_attention(name: str, s: ProfileSettings, device: torch.device, threa
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
     causal = s.causal
-    if causal and not caps.causal:
-        causal = False
-        notes.append(f"{name}: cannot run causally; profiled bidirectionally")
-    elif not causal and not caps.bidirectional:
-        causal = True
-        notes.append(f"{name}: cannot run bidirectionally; profiled causally")
+    if not caps.supports(causal):
+        causal = not causal
+        notes.append(f"{name}: cannot run {'bidirectionally' if causal else 'causally'}; profiled "
+                     f"{'causally' if causal else 'bidirectionally'}")
     base = {"attention": name, "direction": "causal" if causal else "bidirectional", "mode": s.mode,
             "batch": s.batch, "heads": s.heads, "head_dim": s.head_dim}
     lens = sorted(set(s.seq_lens))
@@ -396,17 +359,24 @@ def fit_rows(name: str, rows: list[dict[str, Any]], fit_from: int | None) -> dic
 
 
 # -- one layer's activation memory ------------------------------------------------------------------------------
+#: The feed-forward settings of Korthikanti et al.'s layer, applied where the default ffn block has such fields.
+_KORTHIKANTI_FFN = {"expansion": 4, "activation": "gelu"}
+
+
 def _layer(dims: Dims) -> nn.Module:
+    """Korthikanti et al.'s layer from each kind's default block (the built-ins: full softmax attention, an
+    MLP, LayerNorm), the MLP at 4h with GELU."""
     from .model import Layer
 
-    position = registry.build("position", registry.get("position", "none").config(), dims)
+    position = _no_position(dims)
 
-    def build(kind: str, name: str, **fields: Any) -> nn.Module:
-        return registry.build(kind, registry.get(kind, name).config(**fields), dims, *(
-            (position,) if kind == "attention" else ()))
+    def build(kind: str, **fields: Any) -> nn.Module:
+        entry = registry.get(kind, registry.default(kind))
+        config = entry.config(**{k: v for k, v in fields.items() if k in entry.config.model_fields})
+        return registry.build(kind, config, dims, *((position,) if kind == "attention" else ()))
 
-    return Layer(attention=build("attention", "softmax"), ffn=build("ffn", "mlp", expansion=4, activation="gelu"),
-                 norm_attn=build("norm", "layernorm"), norm_ffn=build("norm", "layernorm"), placement="pre")
+    return Layer(attention=build("attention"), ffn=build("ffn", **_KORTHIKANTI_FFN), norm_attn=build("norm"),
+                 norm_ffn=build("norm"), placement="pre")
 
 
 def layer_activation_memory(s: ProfileSettings, device: torch.device,
@@ -426,8 +396,8 @@ def layer_activation_memory(s: ProfileSettings, device: torch.device,
         grad = torch.randn(b, T, h, device=device)
         variants: dict[str, Callable[[], Any]] = {
             "materialised": lambda: sdpa_kernel(SDPBackend.MATH),
-            "flash": lambda: _null(),
-            "checkpointed": lambda: _null(),
+            "flash": contextlib.nullcontext,
+            "checkpointed": contextlib.nullcontext,
         }
         for variant, context in variants.items():
             def forward() -> torch.Tensor:
@@ -461,18 +431,10 @@ def layer_activation_memory(s: ProfileSettings, device: torch.device,
     return rows
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 # -- the command ------------------------------------------------------------------------------------------------
 def run_profile(s: ProfileSettings, log: Callable[[str], None] = lambda m: None) -> ProfileReport:
     """Profile every requested attention type and (if ``s.layer``) the layer's activation memory."""
-    from .train import pick_device
+    from .runtime import pick_device
 
     registry.load_plugins()
     started = time.perf_counter()
@@ -524,7 +486,7 @@ def _warm_up(s: ProfileSettings, device: torch.device, threads: int) -> None:
     """A few untimed calls first, so that thread-pool start-up and first-touch allocation do not land on
     whichever type happens to be measured first."""
     T = min(s.seq_lens)
-    module = _build("softmax", Dims(s.d_model, s.heads, T, True)).to(device)
+    module = _build(registry.default("attention"), Dims(s.d_model, s.heads, T, True)).to(device)
     x = torch.randn(s.batch, T, s.d_model, device=device)
     measure_point(module, x, s.mode, 2, 3, threads)
 
@@ -692,12 +654,11 @@ def log_to_mlflow(report: ProfileReport, out: Path, root: Path, experiment: str 
     """
     from mlflow.entities import Metric, Param, RunTag
 
-    from .tracking import Tracker
+    from .tracking import open_experiment
 
-    tracker = Tracker(root, experiment)
-    client = tracker.client
+    client, experiment_id = open_experiment(root, experiment)
     s = report.settings
-    run = client.create_run(tracker.experiment_id, run_name=f"profile-{s['mode']}",
+    run = client.create_run(experiment_id, run_name=f"profile-{s['mode']}",
                             tags={"nas.kind": "profile", "device": report.device, "torch": report.torch})
     rid = run.info.run_id
     now = int(time.time() * 1000)

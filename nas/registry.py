@@ -19,7 +19,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, TypeVar, get_args
 
-from .blocks import BlockConfig, Capabilities
+from .blocks import BlockConfig, Capabilities, capabilities_of
 
 __all__ = [
     "KINDS",
@@ -31,6 +31,7 @@ __all__ = [
     "get",
     "entries",
     "names",
+    "default",
     "load_plugins",
     "REGISTRY",
 ]
@@ -65,7 +66,7 @@ class Entry:
 
     @property
     def capabilities(self) -> Capabilities:
-        return getattr(self.cls, "capabilities", Capabilities())
+        return capabilities_of(self.kind, self.cls)
 
     @property
     def summary(self) -> str:
@@ -88,15 +89,17 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], Entry] = {}
+        self._defaults: dict[str, str] = {}  # kind -> the name registered with default=True
         self._loaded_entry_points = False
         self._loaded_modules: set[str] = set()
 
     # -- registration -------------------------------------------------------------------------------
-    def register(self, kind: str, name: str) -> Callable[[T], T]:
+    def register(self, kind: str, name: str, default: bool = False) -> Callable[[T], T]:
         """Class decorator: register a block under ``(kind, name)``.
 
         The class must define ``Config``, a :class:`~nas.blocks.BlockConfig` subclass whose ``type`` field
-        is ``Literal[name]``.
+        is ``Literal[name]``. ``default=True`` makes it the block a search space gets for a kind it does not
+        list (at most one per kind): that is how the core fills defaults without naming any block.
         """
         if kind not in KINDS:
             raise RegistryError(f"unknown kind '{kind}'{did_you_mean(kind, KINDS)} kinds: {', '.join(KINDS)}")
@@ -115,8 +118,15 @@ class Registry:
                     f"({old.cls.__module__}.{old.cls.__qualname__}); "
                     f"{cls.__module__}.{cls.__qualname__} cannot register it again. Pick another name."
                 )
+            if default and kind in self._defaults:
+                raise RegistryError(
+                    f"{kind} '{name}' ({cls.__module__}.{cls.__qualname__}) cannot be the default {kind}: "
+                    f"'{self._defaults[kind]}' already is. Register it without default=True."
+                )
             provider, version = _provider.get() or (cls.__module__.split(".")[0], "local")
             self._entries[key] = Entry(kind, name, cls, provider, version)
+            if default:
+                self._defaults[kind] = name
             return cls
 
         return decorator
@@ -147,6 +157,16 @@ class Registry:
     def entries(self, kind: str | None = None) -> list[Entry]:
         return [e for (k, _), e in sorted(self._entries.items()) if kind is None or k == kind]
 
+    def default(self, kind: str) -> str:
+        """The name of the kind's default block (registered with ``default=True``); loads the entry points
+        first, since the defaults come from the installed plugins."""
+        self.load_plugins()
+        try:
+            return self._defaults[kind]
+        except KeyError:
+            raise RegistryError(f"no default {kind} block is registered (one registers with "
+                                f"`@register('{kind}', name, default=True)`); is the `nas` package installed?") from None
+
     # -- discovery -----------------------------------------------------------------------------------
     def load_plugins(self, modules: Iterable[str] = ()) -> None:
         """Import every ``nas.plugins`` entry point (once) and the given module names (once each)."""
@@ -176,19 +196,19 @@ class Registry:
     @contextlib.contextmanager
     def scratch(self) -> Iterator["Registry"]:
         """Tests: register temporary blocks that are removed again on exit."""
-        before = dict(self._entries)
+        before, defaults = dict(self._entries), dict(self._defaults)
         try:
             yield self
         finally:
-            self._entries = before
+            self._entries, self._defaults = before, defaults
 
 
 REGISTRY = Registry()
 
 
-def register(kind: str, name: str) -> Callable[[T], T]:
-    """Register a block class under ``(kind, name)`` in the global registry. See :class:`Registry`."""
-    return REGISTRY.register(kind, name)
+def register(kind: str, name: str, default: bool = False) -> Callable[[T], T]:
+    """Register a block class under ``(kind, name)`` in the global registry. See :meth:`Registry.register`."""
+    return REGISTRY.register(kind, name, default)
 
 
 def get(kind: str, name: str) -> Entry:
@@ -203,10 +223,14 @@ def names(kind: str) -> list[str]:
     return REGISTRY.names(kind)
 
 
+def default(kind: str) -> str:
+    return REGISTRY.default(kind)
+
+
 def load_plugins(modules: Iterable[str] = ()) -> None:
     REGISTRY.load_plugins(modules)
 
 
 def build(kind: str, config: BlockConfig, *args: Any) -> Any:
     """Build the registered block for ``config`` (its ``type`` selects the class)."""
-    return REGISTRY.get(kind, config.type).cls(config, *args)  # type: ignore[attr-defined]
+    return REGISTRY.get(kind, config.type).cls(config, *args)

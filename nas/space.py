@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-from pydantic import BaseModel, ConfigDict
-
 from . import registry
-from .blocks import BlockConfig, Dims
-from .spec import FloatRange, IntRange, usable_blocks, values
+from .architecture import Architecture, LayerArch
+from .blocks import BlockConfig, Dims, search_space_of
+from .spec import BlockSpace, FloatRange, IntRange, Spec, usable_blocks, values
 
-__all__ = ["Architecture", "LayerArch", "sample_architecture", "suggest_value", "suggest_among", "suggest_config",
-           "Suggest"]
+__all__ = ["sample_architecture", "suggest_value", "suggest_among", "suggest_config", "suggest_block", "Suggest"]
 
 
 class Suggest(Protocol):
@@ -27,50 +25,6 @@ class Suggest(Protocol):
     def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int: ...
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float: ...
-
-
-class LayerArch(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    attention: dict[str, Any]
-    norm: dict[str, Any]
-    ffn: dict[str, Any]
-
-
-class Architecture(BaseModel):
-    """One concrete model: sizes plus the full config (``type`` and every field) of every block."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    d_model: int
-    n_heads: int
-    n_layers: int
-    norm_placement: str
-    position: dict[str, Any]
-    layers: list[LayerArch]
-    compression: dict[str, Any] = {"type": "none"}  # applied after training, before evaluation and measurement
-
-    def dims(self, seq_len: int, causal: bool) -> Dims:
-        return Dims(self.d_model, self.n_heads, seq_len, causal, self.n_layers)
-
-    def flat(self) -> dict[str, Any]:
-        """Flat ``{"layers.0.attention.type": "softmax", ...}`` params, one entry per layer (for MLflow)."""
-        out: dict[str, Any] = {k: getattr(self, k) for k in ("d_model", "n_heads", "n_layers", "norm_placement")}
-        out.update({f"position.{k}": v for k, v in self.position.items()})
-        out.update({f"compression.{k}": v for k, v in self.compression.items()})
-        for i, layer in enumerate(self.layers):
-            for kind in ("attention", "norm", "ffn"):
-                out.update({f"layers.{i}.{kind}.{k}": v for k, v in getattr(layer, kind).items()})
-        return out
-
-    def summary(self) -> str:
-        """A short human-readable label, e.g. ``softmax+rope d64 L2 H4``."""
-        attn = "/".join(dict.fromkeys(layer.attention["type"] for layer in self.layers))
-        label = f"{attn}+{self.position['type']} d{self.d_model} L{self.n_layers} H{self.n_heads}"
-        return label if self.compression["type"] == "none" else f"{label} {self.compression_label()}"
-
-    def compression_label(self) -> str:
-        """``quantize(level=int8)``: the compression type and its settings."""
-        settings = ",".join(f"{k}={v}" for k, v in self.compression.items() if k != "type")
-        return f"{self.compression['type']}({settings})" if settings else self.compression["type"]
 
 
 def suggest_value(trial: Suggest, name: str, space: Any) -> Any:
@@ -110,9 +64,9 @@ def suggest_among(trial: Suggest, name: str, space: Any, allowed: Callable[[Any]
     return trial.suggest_categorical(name if len(valid) == len(choices) else f"{name}|{condition}", valid)
 
 
-def suggest_config(trial: Suggest, entry: BaseModel, config: type[BlockConfig], prefix: str) -> BlockConfig:
+def suggest_config(trial: Suggest, entry: BlockSpace, config: type[BlockConfig], prefix: str) -> BlockConfig:
     """The generic define-by-run space of a block: each field given in ``entry`` is suggested on its own."""
-    values = {"type": entry.type}  # type: ignore[attr-defined]
+    values = {"type": entry.type}
     for field in config.model_fields:
         space = getattr(entry, field, None)
         if field != "type" and space is not None:
@@ -120,8 +74,8 @@ def suggest_config(trial: Suggest, entry: BaseModel, config: type[BlockConfig], 
     return config.model_validate(values)
 
 
-def _suggest_block(trial: Suggest, kind: str, prefix: str, entries: list[Any], dims: Dims,
-                   type_suffix: str = "") -> dict[str, Any]:
+def suggest_block(trial: Suggest, kind: str, prefix: str, entries: list[BlockSpace], dims: Dims,
+                  type_suffix: str = "") -> dict[str, Any]:
     """Choose one of ``entries`` (``{prefix}.type``) and sample its parameters (``{prefix}.{type}.*``).
 
     ``type_suffix`` renames only the choice parameter, for a choice set reduced by another choice: Optuna
@@ -131,7 +85,7 @@ def _suggest_block(trial: Suggest, kind: str, prefix: str, entries: list[Any], d
     name = types[0] if len(types) == 1 else trial.suggest_categorical(f"{prefix}.type{type_suffix}", types)
     entry = entries[types.index(name)]
     cls = registry.get(kind, name).cls
-    space_fn = getattr(cls, "search_space", None)
+    space_fn = search_space_of(cls)
     if space_fn is not None:  # the block's own define-by-run space
         config = space_fn(trial, entry, dims, f"{prefix}.{name}")
     else:
@@ -139,18 +93,18 @@ def _suggest_block(trial: Suggest, kind: str, prefix: str, entries: list[Any], d
     return config.model_dump()
 
 
-def sample_architecture(spec: Any, trial: Suggest, device: str | None = None) -> Architecture:
+def sample_architecture(spec: Spec, trial: Suggest, device: str | None = None) -> Architecture:
     """Sample one architecture. Blocks the task, device or position scheme rule out are never offered."""
     m = spec.model
-    task = registry.get("task", spec.task.type).cls
+    causal = registry.get("task", spec.task.type).capabilities.causal
     usable = usable_blocks(spec, device)[0]
     d_model = suggest_value(trial, "model.d_model", m.d_model)
     n_heads = suggest_value(trial, "model.n_heads", m.n_heads)
     n_layers = suggest_value(trial, "model.n_layers", m.n_layers)
     placement = suggest_value(trial, "model.norm_placement", m.norm_placement)
-    dims = Dims(d_model, n_heads, 0, task.causal, n_layers)  # seq_len is the task's, not searched
+    dims = Dims(d_model, n_heads, 0, causal, n_layers)  # seq_len is the task's, not searched
 
-    position = _suggest_block(trial, "position", "position", usable["position"], dims)
+    position = suggest_block(trial, "position", "position", usable["position"], dims)
     mode = registry.get("position", position["type"]).capabilities.position_mode
     attention = [a for a in usable["attention"] if mode in registry.get("attention", a.type).capabilities.positions]
     # A reduced choice set gets its own parameter name: Optuna needs a fixed set of choices per name.
@@ -158,21 +112,15 @@ def sample_architecture(spec: Any, trial: Suggest, device: str | None = None) ->
 
     def layer(prefix: str) -> LayerArch:
         return LayerArch(
-            attention=_suggest_block(trial, "attention", prefix + "attention", attention, dims, attn_suffix),
-            norm=_suggest_block(trial, "norm", prefix + "norm", usable["norm"], dims),
-            ffn=_suggest_block(trial, "ffn", prefix + "ffn", usable["ffn"], dims),
+            attention=suggest_block(trial, "attention", prefix + "attention", attention, dims, attn_suffix),
+            norm=suggest_block(trial, "norm", prefix + "norm", usable["norm"], dims),
+            ffn=suggest_block(trial, "ffn", prefix + "ffn", usable["ffn"], dims),
         )
 
     if m.per_layer:
         layers = [layer(f"layers.{i}.") for i in range(n_layers)]
     else:
         layers = [layer("")] * n_layers
-    compression = _suggest_block(trial, "compression", "compression", usable["compression"], dims)
+    compression = suggest_block(trial, "compression", "compression", usable["compression"], dims)
     return Architecture(d_model=d_model, n_heads=n_heads, n_layers=n_layers, norm_placement=placement,
                         position=position, layers=layers, compression=compression)
-
-
-def block_config(kind: str, config: dict[str, Any]) -> BlockConfig:
-    """The validated config object of a block from its dict form (as stored in an Architecture)."""
-    return registry.get(kind, config["type"]).config.model_validate(config)
-

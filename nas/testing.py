@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from . import registry
-from .blocks import BlockConfig, Dims
+from .blocks import POSITION_MODES, BlockConfig, Dims, InactiveParameters, aux_loss
 from .registry import Entry
 
 __all__ = [
@@ -62,8 +62,32 @@ __all__ = [
 
 #: Small sizes every check runs at: batch 2, 16 positions, width 32, 4 heads of 8.
 B, T, C, H = 2, 16, 32, 4
-#: A registered position scheme of each mode, used to build attention blocks in the checks.
-_POSITION_OF_MODE = {"none": "none", "embedding": "sinusoidal", "rotary": "rope", "bias": "alibi"}
+
+
+def position_of_mode(mode: str) -> str:
+    """The registered position scheme the checks build attention with for ``mode``: of the schemes acting that
+    way, the one with the fewest parameters (then by name), so that the attention's own parameters are what
+    the gradient check sees."""
+    dims = Dims(C, H, T, True, n_layers=2)
+    candidates = [e for e in registry.entries("position") if e.capabilities.position_mode == mode]
+    if not candidates:
+        raise registry.RegistryError(f"no registered position scheme acts as '{mode}'")
+
+    def size(entry: Entry) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in entry.cls(entry.config(), dims).parameters())
+
+    return min(candidates, key=lambda e: (size(e), e.name)).name
+
+
+def universal_attention() -> Entry:
+    """An attention that takes every position mode (the default attention when it does): position schemes
+    are checked through it."""
+    takes_all = [e for e in registry.entries("attention") if set(POSITION_MODES) <= e.capabilities.positions]
+    if not takes_all:
+        raise registry.RegistryError("no registered attention takes every position mode")
+    default = registry.default("attention")
+    return next((e for e in takes_all if e.name == default), takes_all[0])
 
 
 def _pytest() -> Any:
@@ -98,7 +122,8 @@ class Case:
         dims = dims or self.dims()
         config = config or self.config or self.entry.config()
         if self.entry.kind == "attention":
-            position = registry.build("position", registry.get("position", self.position or "none").config(), dims)
+            name = self.position or position_of_mode("none")
+            position = registry.build("position", registry.get("position", name).config(), dims)
             return self.entry.cls(config, dims, position)
         if self.entry.kind == "position":  # checked inside the attention that takes every mode
             position = self.entry.cls(config, dims)
@@ -112,8 +137,8 @@ class _PositionProbe(nn.Module):
     def __init__(self, position: nn.Module, dims: Dims):
         super().__init__()
         self.position = position
-        softmax = registry.get("attention", "softmax")
-        self.attention = softmax.cls(softmax.config(), dims, position)
+        attention = universal_attention()
+        self.attention = attention.cls(attention.config(), dims, position)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attention(self.position.embed(x))
@@ -124,19 +149,13 @@ def representative_position(entry: Entry) -> str:
     modes = entry.capabilities.positions
     for mode in ("bias", "rotary", "embedding", "none"):
         if mode in modes:
-            return _POSITION_OF_MODE[mode]
+            return position_of_mode(mode)
     raise AssertionError(f"attention '{entry.name}' declares no position mode")
 
 
 def _inputs(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, T, C, generator=g).to(dtype)  # (B, T, C)
-
-
-def _aux(module: nn.Module) -> torch.Tensor | None:
-    losses = [m.aux_loss() for m in module.modules() if hasattr(m, "aux_loss")]
-    losses = [x for x in losses if x is not None]
-    return torch.stack(losses).sum() if losses else None
 
 
 # --- the checks, usable on their own ---------------------------------------------------------------
@@ -182,7 +201,7 @@ def check_gradients(case: Case) -> None:
     x = _inputs().requires_grad_()
     y = block(x)
     loss = (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(1))).sum()
-    aux = _aux(block)
+    aux = aux_loss(block)
     if aux is not None:
         loss = loss + aux
     loss.backward()
@@ -215,7 +234,7 @@ def check_param_count(case: Case) -> None:
     with torch.no_grad():  # the forward must run on meta too: FLOPs are counted there
         meta(_inputs().to("meta"))
     for m in real.modules():
-        if hasattr(m, "inactive_parameters"):
+        if isinstance(m, InactiveParameters):
             inactive = m.inactive_parameters()
             total = sum(p.numel() for p in m.parameters())
             assert 0 <= inactive < total, f"{case.id}: inactive_parameters() = {inactive} of {total}"
@@ -263,7 +282,7 @@ def check_search_space(case: Case, extra: dict[str, Any] | None = None, trials: 
     changes from trial to trial fails here as it would in a search."""
     import optuna
 
-    from .space import _suggest_block
+    from .space import suggest_block
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = entry_space(case.entry, extra)
@@ -271,7 +290,7 @@ def check_search_space(case: Case, extra: dict[str, Any] | None = None, trials: 
     for i, n_heads in zip(range(trials), itertools.cycle((1, 2, 4))):
         trial = study.ask()
         sampling_dims = Dims(C, n_heads, 0, case.causal, 2)  # as sample_architecture: seq_len is the task's
-        config = _suggest_block(trial, case.entry.kind, case.entry.kind, [space], sampling_dims)
+        config = suggest_block(trial, case.entry.kind, case.entry.kind, [space], sampling_dims)
         validated = case.entry.config.model_validate(config)
         if case.entry.kind in ("attention", "position", "norm", "ffn"):
             block = case.build(seed=i, dims=case.dims(n_heads=n_heads), config=validated).eval()
@@ -324,8 +343,7 @@ class _Conformance:
 
 
 def _modes(entry: Entry) -> list[bool]:
-    caps = entry.capabilities
-    return [m for m, ok in ((True, caps.causal), (False, caps.bidirectional)) if ok]
+    return entry.capabilities.directions()
 
 
 class _ModuleConformance(_Conformance):
@@ -372,11 +390,9 @@ class AttentionConformance(_ModuleConformance):
         for entry in cls.entries():
             for causal in _modes(entry):
                 for mode in sorted(entry.capabilities.positions):
-                    yield Case(entry, causal, _POSITION_OF_MODE[mode])
+                    yield Case(entry, causal, position_of_mode(mode))
 
     def test_declares_position_modes(self, case: Case) -> None:
-        from .blocks import POSITION_MODES
-
         unknown = set(case.entry.capabilities.positions) - set(POSITION_MODES)
         assert not unknown, f"{case.id}: unknown position modes {unknown}; valid: {POSITION_MODES}"
 
@@ -407,18 +423,24 @@ class CompressionConformance(_Conformance):
 
     @staticmethod
     def tiny_model(seed: int = 0) -> tuple[nn.Module, Any]:
-        """A 2-layer softmax/RoPE/MLP Transformer on MQAR (vocab 16, 16 positions), trained for 5 steps."""
+        """A 2-layer Transformer of each kind's default block (the built-ins: softmax, RoPE, LayerNorm, an MLP
+        of expansion 2) on the default task's tiny config (16 positions), trained for 5 steps."""
+        from .architecture import Architecture, LayerArch
         from .model import build_model
-        from .space import Architecture, LayerArch
         from .spec import TrainingConfig
         from .train import train
 
         registry.load_plugins()
-        task = registry.build("task", registry.get("task", "mqar").config(vocab_size=16, seq_len=T, num_kv_pairs=2,
-                                                                          test_examples=8))
-        arch = Architecture(d_model=C, n_heads=H, n_layers=2, norm_placement="pre", position={"type": "rope"},
-                            layers=[LayerArch(attention={"type": "softmax"}, norm={"type": "layernorm"},
-                                              ffn={"type": "mlp", "expansion": 2})] * 2)
+        task_entry = registry.get("task", registry.default("task"))
+        task = registry.build("task", task_entry.cls.tiny_config(T))
+
+        def default(kind: str, **fields: Any) -> dict[str, Any]:
+            entry = registry.get(kind, registry.default(kind))
+            return {"type": entry.name, **{k: v for k, v in fields.items() if k in entry.config.model_fields}}
+
+        layer = LayerArch(attention=default("attention"), norm=default("norm"), ffn=default("ffn", expansion=2))
+        arch = Architecture(d_model=C, n_heads=H, n_layers=2, norm_placement="pre", position=default("position"),
+                            layers=[layer] * 2)
         torch.manual_seed(seed)
         model = build_model(arch, task)
         train(model, task, TrainingConfig(steps=5, batch_size=4), torch.device("cpu"))
@@ -467,7 +489,7 @@ class TaskConformance(_Conformance):
     @classmethod
     def cases(cls) -> Iterator[Case]:
         for entry in cls.entries():
-            yield Case(entry, causal=entry.cls.causal)
+            yield Case(entry, causal=entry.capabilities.causal)
 
     def test_batches(self, case: Case) -> None:
         try:

@@ -3,7 +3,6 @@ knowledge distillation from a teacher."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -13,14 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Batch, Task
+from .architecture import Architecture
+from .blocks import Batch, Task, aux_loss
+from .model import Transformer, build_model
+from .runtime import autocast, loss_fn, seed_everything
 from .spec import DistillConfig, ScheduleConfig, TrainingConfig, teacher_files
 
-__all__ = ["TrainResult", "NonFiniteLoss", "train", "pick_device", "autocast", "loss_fn", "make_optimizer",
-           "seed_everything", "distill_loss", "load_teacher"]
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
+__all__ = ["TrainResult", "NonFiniteLoss", "train", "make_optimizer", "lr_factor", "distill_loss", "load_teacher"]
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; the trial stops with this as its reason."""
@@ -32,29 +30,6 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     final_loss: float = math.nan
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA). Data streams have their own seeded generators."""
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=DTYPES[precision])
-
-
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over every target that is not -100; works for (B, T, V) and (B, classes) logits."""
-    return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
@@ -73,9 +48,6 @@ def load_teacher(cfg: DistillConfig, task: Task, device: torch.device) -> nn.Mod
     """The teacher of ``cfg``: its architecture built for ``task``, its weights loaded (strictly), frozen, in eval
     mode, on ``device``. Any compression in its architecture is not applied: the teacher is the trained model."""
     from safetensors.torch import load_model
-
-    from .model import build_model
-    from .space import Architecture
 
     arch_file, weights = teacher_files(cfg.teacher)
     arch = Architecture.model_validate_json(arch_file.read_text())
@@ -128,8 +100,8 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
     Deterministic for a fixed ``cfg.seed`` on the same device and thread count.
     """
     model.to(device).train()
-    core = getattr(model, "module", model)  # the model itself when wrapped in DistributedDataParallel
-    if hasattr(core, "checkpointing"):
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if isinstance(core, Transformer):
         core.checkpointing = cfg.grad_checkpointing
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.schedule, cfg.steps))
@@ -151,7 +123,7 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
                     teacher_logits = teacher(x)
                 alpha = cfg.distill.alpha
                 total = (1 - alpha) * loss + alpha * distill_loss(logits, teacher_logits, y, cfg.distill.temperature)
-            aux = core.aux_loss() if hasattr(core, "aux_loss") else None
+            aux = aux_loss(core)
             total = total + aux if aux is not None else total
         if not torch.isfinite(total):
             raise NonFiniteLoss(f"non-finite loss ({total.item()}) at step {step}")

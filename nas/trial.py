@@ -13,25 +13,34 @@ import platform
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
 from . import kernels, registry
+from .architecture import Architecture, block_config
+from .blocks import Compression, Task, block_stats, reset_stats
 from .measure import METHOD, inference_memory, measure_latency, train_step_memory
-from .model import (Transformer, build_model, count_active_parameters, count_flops_per_token, count_parameters,
-                    meta_costs)
-from .space import Architecture, block_config
-from .train import NonFiniteLoss, pick_device, seed_everything, train
+from .model import (Transformer, build_model, build_task, count_active_parameters, count_flops_per_token,
+                    count_parameters, meta_costs)
+from .runtime import pick_device, seed_everything
+from .spec import Spec
+from .train import NonFiniteLoss, train
 
-__all__ = ["TrialResult", "run_trial", "build_task"]
+__all__ = ["TrialResult", "TrialRun", "Status", "run_trial", "execute_trial"]
 
 MB = 2**20
 
+Status = Literal["ok", "failed", "infeasible"]
+"""``ok``; ``failed`` (exception, NaN, out of memory, worker lost: ``reason`` says which); ``infeasible``
+(ruled out by a constraint before training)."""
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrialResult:
-    status: str  # "ok" | "failed" | "infeasible" (ruled out by a constraint before training)
+    """What one trial produced. Small and picklable: it crosses from a Ray worker to the driver."""
+
+    status: Status
     architecture: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
@@ -41,30 +50,47 @@ class TrialResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def failed(cls, arch: Architecture, reason: str) -> "TrialResult":
+        """A trial that failed outside :func:`run_trial` (its worker died, or it never started)."""
+        return cls("failed", arch.model_dump(), reason=reason)
 
-def build_task(spec: Any):
-    """The task object of a spec."""
-    return registry.build("task", spec.task)
+
+@dataclass(frozen=True)
+class TrialRun:
+    """A result and the trained model (uncompressed: compression is re-applied wherever it is loaded)."""
+
+    result: TrialResult
+    model: Transformer | None
 
 
-def run_trial(spec: Any, arch: Architecture, on_log: Callable[[int, float], None] | None = None,
-              keep_model: bool = False) -> TrialResult:
+def run_trial(spec: Spec, arch: Architecture, on_log: Callable[[int, float], None] | None = None) -> TrialResult:
     """Train and measure ``arch`` under ``spec``'s task, training and measurement settings."""
+    return execute_trial(spec, arch, on_log).result
+
+
+def execute_trial(spec: Spec, arch: Architecture, on_log: Callable[[int, float], None] | None = None,
+                  keep_model: bool = False) -> TrialRun:
+    """:func:`run_trial`, and the trained model with it when ``keep_model`` (for saving its weights)."""
     registry.load_plugins(spec.plugins)
     device = pick_device(spec.training.device)
     info: dict[str, Any] = {"device": _device_name(device), "torch": torch.__version__, "method": METHOD}
-    result = TrialResult(status="ok", architecture=arch.model_dump(), info=info)
+    metrics: dict[str, float] = {}
+    curve: list[tuple[int, float]] = []
+    status: Status = "ok"
+    reason: str | None = None
+    kept: Transformer | None = None
     started = time.perf_counter()
     try:
         task = build_task(spec)
         # Sizing on the meta device: free, exact, and done before anything is trained.
         x_meta, _ = task.example_batch(spec.measure.batch_size)
-        result.metrics.update(meta_costs(arch, task, x_meta))
+        metrics.update(meta_costs(arch, task, x_meta))
         limit = spec.constraints.max_params
-        if limit is not None and result.metrics["params"] > limit:
-            result.status = "infeasible"
-            result.reason = f"{int(result.metrics['params'])} parameters exceed constraints.max_params={limit}"
-            return result
+        if limit is not None and metrics["params"] > limit:
+            status = "infeasible"
+            reason = f"{int(metrics['params'])} parameters exceed constraints.max_params={limit}"
+            return TrialRun(TrialResult(status, arch.model_dump(), metrics, reason, curve, info), None)
 
         seed_everything(spec.training.seed)
         model = build_model(arch, task)
@@ -75,49 +101,49 @@ def run_trial(spec: Any, arch: Architecture, on_log: Callable[[int, float], None
             model.to(device)
         else:
             trained = train(model, task, spec.training, device, on_log=on_log)
-        result.curve = trained.curve
+        curve = trained.curve
         info["train_seconds"] = trained.seconds
         model.eval()
         # Training memory is that of the model as trained; everything after compression is measured on the
         # compressed model (which may not be trainable at all, e.g. int8).
-        result.metrics["train_memory_mb"] = _train_memory(model, task, spec, device)
-        compressor = registry.build("compression", block_config("compression", arch.compression))
+        metrics["train_memory_mb"] = _train_memory(model, task, spec, device)
+        compressor: Compression = registry.build("compression", block_config("compression", arch.compression))
         if keep_model:  # the trained weights, which load into build_model(arch); compression is re-applied
-            info["model"] = copy.deepcopy(model) if arch.compression["type"] != "none" else model
-        model = _compress(compressor, model, task, spec, device, result)
-        _reset_stats(model)
-        result.metrics.update(task.evaluate(model, spec.training.eval_batch_size, device))
-        result.metrics.update(_block_stats(model))
-        bad = {k: v for k, v in result.metrics.items() if not math.isfinite(v)}
+            kept = copy.deepcopy(model) if arch.compressed else model
+        model = _compress(compressor, model, task, spec, device, metrics, info)
+        reset_stats(model)
+        metrics.update(task.evaluate(model, spec.training.eval_batch_size, device))
+        metrics.update(block_stats(model))
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteLoss(f"non-finite metric(s) after training: {bad}")
-        result.metrics.update(_measure(model, task, spec, device, compressor.precision(spec.training.precision)))
+        metrics.update(_measure(model, task, spec, device, compressor.precision(spec.training.precision)))
         info["kernels"] = kernels.used(model)  # {module path: kernel} of the measured forward (nas.kernels)
         info.update(latency_threads=spec.measure.threads if device.type == "cpu" else None,
                     latency_batch=spec.measure.batch_size, seq_len=task.seq_len)
     except NonFiniteLoss as exc:
-        result.status, result.reason = "failed", f"nan: {exc}"
+        status, reason = "failed", f"nan: {exc}"
     except (torch.OutOfMemoryError, MemoryError) as exc:
-        result.status, result.reason = "failed", f"out of memory: {_first_line(exc) or type(exc).__name__}"
+        status, reason = "failed", f"out of memory: {_first_line(exc) or type(exc).__name__}"
     except RuntimeError as exc:
         # torch's CPU allocator raises a plain RuntimeError when an allocation fails.
         kind = "out of memory" if "can't allocate memory" in str(exc) else f"error: {type(exc).__name__}"
-        result.status, result.reason = "failed", f"{kind}: {_first_line(exc)}"
+        status, reason = "failed", f"{kind}: {_first_line(exc)}"
         info["traceback"] = traceback.format_exc(limit=8)
     except Exception as exc:  # a bad block, a shape error... recorded with its reason; the search goes on
-        result.status = "failed"
-        result.reason = f"error: {type(exc).__name__}: {exc}"
+        status, reason = "failed", f"error: {type(exc).__name__}: {exc}"
         info["traceback"] = traceback.format_exc(limit=8)
     finally:
         info["seconds"] = time.perf_counter() - started
-    return result
+    result = TrialResult(status, arch.model_dump(), metrics, reason, curve, info)
+    return TrialRun(result, kept if status == "ok" else None)
 
 
-def _compress(compressor: Any, model: Transformer, task: Any, spec: Any, device: torch.device,
-              result: TrialResult) -> Transformer:
+def _compress(compressor: Compression, model: Transformer, task: Task, spec: Spec, device: torch.device,
+              metrics: dict[str, float], info: dict[str, Any]) -> Transformer:
     """Apply the architecture's compression; recount sizes if it changed shapes. Returns the model to measure."""
 
-    def finetune(m: Any, steps: int) -> None:
+    def finetune(m: torch.nn.Module, steps: int) -> None:
         """A few more steps at the learning rate training ended with, constant, on a fresh data stream."""
         t = spec.training
         cfg = t.model_copy(update={
@@ -129,36 +155,21 @@ def _compress(compressor: Any, model: Transformer, task: Any, spec: Any, device:
 
     model = compressor.apply(model, finetune)
     model.eval()
-    result.info["compression"] = {"type": compressor.config.type, **compressor.info}
+    info["compression"] = {"type": compressor.config.type, **compressor.info}
     if compressor.changes_shape:
         x, _ = task.example_batch(spec.measure.batch_size)
-        result.metrics.update(params=float(count_parameters(model)),
+        metrics.update(params=float(count_parameters(model)),
                               params_active=float(count_active_parameters(model)),
                               flops_per_token=count_flops_per_token(model, x.to(device)))
     return model
 
 
-def _reset_stats(model: Any) -> None:
-    for m in model.modules():
-        if hasattr(m, "reset_stats"):
-            m.reset_stats()
-
-
-def _block_stats(model: Any) -> dict[str, float]:
-    """What blocks report through ``stats()`` (e.g. expert utilisation), as ``<module path>.<key>`` metrics."""
-    out: dict[str, float] = {}
-    for name, m in model.named_modules():
-        if hasattr(m, "stats") and callable(m.stats):
-            out.update({f"{name}.{k}": float(v) for k, v in m.stats().items()})
-    return out
-
-
-def _train_memory(model: Transformer, task: Any, spec: Any, device: torch.device) -> float:
+def _train_memory(model: Transformer, task: Task, spec: Spec, device: torch.device) -> float:
     tx, ty = task.example_batch(spec.measure.train_batch_size or spec.training.batch_size)
     return train_step_memory(model, tx.to(device), ty.to(device), spec.training.precision) / MB
 
 
-def _measure(model: Transformer, task: Any, spec: Any, device: torch.device, precision: str) -> dict[str, float]:
+def _measure(model: Transformer, task: Task, spec: Spec, device: torch.device, precision: str) -> dict[str, float]:
     m = spec.measure
     x, _ = task.example_batch(m.batch_size)
     x = x.to(device)
@@ -168,7 +179,7 @@ def _measure(model: Transformer, task: Any, spec: Any, device: torch.device, pre
     return out
 
 
-def model_bytes(model: Any) -> int:
+def model_bytes(model: torch.nn.Module) -> int:
     """Bytes of the model's serialized state dict (how big it is on disk, packed quantized weights included)."""
     buffer = io.BytesIO()
     try:

@@ -154,7 +154,7 @@ def _linear_like(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None
     return new
 
 
-@register("attention", "softmax")
+@register("attention", "softmax", default=True)
 class SoftmaxAttention(HeadAttention):
     """Full softmax attention (Vaswani et al. 2017, "Attention Is All You Need") through PyTorch SDPA.
 
@@ -167,7 +167,8 @@ class SoftmaxAttention(HeadAttention):
         type: Literal["softmax"] = "softmax"
         dropout: float = Field(0.0, ge=0.0, lt=1.0, description="attention-probability dropout in training")
 
-    capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS)
+    capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
+                                time_exponent=(2, "every query scores every key"))
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -188,7 +189,8 @@ class GroupedQueryAttention(HeadAttention):
         type: Literal["gqa"] = "gqa"
         kv_heads: int = Field(1, ge=1, description="key/value heads; must divide n_heads (1: multi-query)")
 
-    capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS)
+    capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
+                                time_exponent=(2, "every query scores every key"))
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         if dims.n_heads % config.kv_heads:
@@ -218,7 +220,8 @@ class SlidingWindowAttention(HeadAttention):
         type: Literal["sliding_window"] = "sliding_window"
         window: int = Field(64, ge=1, description="keys fewer than this many positions away are visible")
 
-    capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS)
+    capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
+                                time_exponent=(1, "window keys per query"))
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -306,7 +309,8 @@ class BlockSparseAttention(HeadAttention):
         global_tokens: int = Field(1, ge=0, description="leading positions that see and are seen by all")
         strided: bool = Field(True, description="also see the last token of every block")
 
-    capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS)
+    capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
+                                time_exponent=(2, "strided keys: T/block per query, and the dense mask on CPU"))
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)

@@ -42,7 +42,7 @@ def cast_io(model: nn.Module, dtype: torch.dtype) -> None:
     model.register_forward_hook(cast_out)
 
 
-@register("compression", "none")
+@register("compression", "none", default=True)
 class NoCompression(Compression):
     """No compression: the model is measured as trained (the baseline every other level is compared with)."""
 

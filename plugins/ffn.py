@@ -15,7 +15,7 @@ from nas.space import suggest_among, suggest_value
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
-@register("ffn", "mlp")
+@register("ffn", "mlp", default=True)
 class MLP(nn.Module):
     """Position-wise two-layer MLP (Vaswani et al. 2017): Linear(C, e*C) -> activation -> Linear(e*C, C)."""
 

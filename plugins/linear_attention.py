@@ -101,7 +101,8 @@ class LinearAttention(_KernelAttention):
     class Config(BlockConfig):
         type: Literal["linear"] = "linear"
 
-    capabilities = Capabilities(causal=True, bidirectional=True, positions=ABSOLUTE_POSITIONS)
+    capabilities = Capabilities(causal=True, bidirectional=True, positions=ABSOLUTE_POSITIONS,
+                                time_exponent=(1, "D x D state per head"))
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -126,7 +127,8 @@ class PerformerAttention(_KernelAttention):
         type: Literal["performer"] = "performer"
         num_features: int = Field(64, ge=1, description="random features M per head")
 
-    capabilities = Capabilities(causal=True, bidirectional=True, positions=ABSOLUTE_POSITIONS)
+    capabilities = Capabilities(causal=True, bidirectional=True, positions=ABSOLUTE_POSITIONS,
+                                time_exponent=(1, "M x D state per head"))
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -165,7 +167,8 @@ class LinformerAttention(HeadAttention):
         type: Literal["linformer"] = "linformer"
         proj_len: int = Field(32, ge=1, description="projected sequence length k of keys and values")
 
-    capabilities = Capabilities(causal=False, bidirectional=True, positions=ABSOLUTE_POSITIONS)
+    capabilities = Capabilities(causal=False, bidirectional=True, positions=ABSOLUTE_POSITIONS,
+                                time_exponent=(1, "keys projected to proj_len rows"))
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         if dims.causal:

@@ -10,7 +10,7 @@ from torch import nn
 from nas import BlockConfig, Dims, kernels, register
 
 
-@register("norm", "layernorm")
+@register("norm", "layernorm", default=True)
 class LayerNorm(nn.LayerNorm):
     """Layer normalization (Ba et al. 2016): zero mean, unit variance, learned scale and shift."""
 

@@ -67,7 +67,7 @@ class LearnedPosition(PositionScheme):
         return x + self.table.weight[: x.shape[1]]
 
 
-@register("position", "rope")
+@register("position", "rope", default=True)
 class RotaryPosition(PositionScheme):
     """Rotary position embedding (Su et al. 2021, RoFormer): rotates query/key pairs by position * frequency,
     so that q.k depends only on the relative offset. Needs an even head dimension."""

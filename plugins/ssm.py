@@ -38,7 +38,8 @@ class Mamba(nn.Module):
         expand: int = Field(2, ge=1, le=8, description="inner width E as a multiple of d_model")
         d_conv: int = Field(4, ge=1, description="kernel width of the causal depthwise convolution")
 
-    capabilities = Capabilities(causal=True, bidirectional=True, positions=frozenset({"none", "embedding"}))
+    capabilities = Capabilities(causal=True, bidirectional=True, positions=frozenset({"none", "embedding"}),
+                                time_exponent=(1, "sequential scan"))
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__()

@@ -49,7 +49,7 @@ def mqar_examples(n: int, vocab_size: int, seq_len: int, num_kv_pairs: int, powe
     return inputs, targets
 
 
-@register("task", "mqar")
+@register("task", "mqar", default=True)
 class MQAR(Task):
     """Multi-query associative recall (Zoology, arXiv 2312.04927); metric: accuracy at the query positions.
 
@@ -78,6 +78,10 @@ class MQAR(Task):
 
     causal = True
     metrics = {"accuracy": "maximize"}
+
+    @classmethod
+    def tiny_config(cls, seq_len: int) -> Config:
+        return cls.Config(vocab_size=16, seq_len=seq_len, num_kv_pairs=2, test_examples=8)
 
     @property
     def seq_len(self) -> int:

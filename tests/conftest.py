@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nas import registry
-from nas.space import Architecture, LayerArch
+from nas.architecture import Architecture, LayerArch
 
 # Discovery once at import, so tests can parametrize over the registry at collection time.
 registry.load_plugins()

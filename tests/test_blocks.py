@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from nas import registry, testing
 from nas.blocks import Dims
 from nas.model import build_model, count_parameters
-from nas.space import Architecture, LayerArch, block_config
+from nas.architecture import Architecture, LayerArch, block_config
 
 # Choices the search-space check samples on top of every Literal/bool choice: values that must be filtered
 # (kv_heads 3 with 4 heads, top_k above num_experts) and windows on both sides of the sequence length.
@@ -165,14 +165,14 @@ def test_gqa_shares_key_value_heads():
 def test_gqa_search_space_offers_only_divisors_under_a_conditioned_name():
     import optuna
 
-    from nas.space import _suggest_block
+    from nas.space import suggest_block
 
     space = testing.entry_space(registry.get("attention", "gqa"), {"kv_heads": [1, 2, 3, 4, 8]})
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(20):
         trial = study.ask()
-        config = _suggest_block(trial, "attention", "attention", [space], dims(n_heads=4))
+        config = suggest_block(trial, "attention", "attention", [space], dims(n_heads=4))
         seen.add(config["kv_heads"])
         assert "attention.gqa.kv_heads|n_heads=4" in trial.params
         study.tell(trial, 0.0)

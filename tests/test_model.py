@@ -7,7 +7,7 @@ import torch
 
 from nas import Dims, registry
 from nas.model import Layer, build_model, count_flops_per_token, count_parameters, meta_costs
-from nas.space import block_config
+from nas.architecture import block_config
 
 POSITIONS = registry.names("position")
 PLACEMENTS = ("pre", "post")

@@ -260,9 +260,9 @@ def test_pareto_optimal_children_carry_weights_that_reproduce_their_accuracy(e2e
     from safetensors.torch import load_model
 
     from nas.model import build_model
-    from nas.space import Architecture
+    from nas.architecture import Architecture
     from nas.spec import load_spec
-    from nas.trial import build_task
+    from nas.model import build_task
 
     client, _, children = mlflow_runs(e2e["root"], "e2e")
     spec = load_spec(e2e["cwd"] / "space.yaml").spec

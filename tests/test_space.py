@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from nas import BlockConfig, Capabilities, registry
-from nas.space import Architecture, sample_architecture
+from nas.architecture import Architecture
+from nas.space import sample_architecture
 from nas.spec import load_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

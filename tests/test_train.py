@@ -9,7 +9,8 @@ import torch
 
 from nas.model import build_model
 from nas.spec import ScheduleConfig, TrainingConfig
-from nas.train import NonFiniteLoss, loss_fn, lr_factor, make_optimizer, seed_everything, train
+from nas.runtime import loss_fn, seed_everything
+from nas.train import NonFiniteLoss, lr_factor, make_optimizer, train
 
 CPU = torch.device("cpu")
 

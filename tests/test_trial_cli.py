@@ -17,7 +17,8 @@ from nas import BlockConfig, Capabilities, Dims, PositionScheme, registry
 from nas.cli import main, sample_one
 from nas.model import build_model, count_parameters
 from nas.spec import MEASURED_METRICS, load_spec
-from nas.trial import build_task, run_trial
+from nas.model import build_task
+from nas.trial import run_trial
 
 #: What every ok trial reports at least (MEASURED_METRICS may grow).
 METRICS = {"accuracy", "latency_ms", "latency_p90_ms", "infer_memory_mb", "train_memory_mb", "params",

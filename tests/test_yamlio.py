@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from nas import yamlio
-from nas.yamlio import YamlError
+from nas.spec import yamlio
+from nas.spec.yamlio import YamlError
 
 
 def loads(text: str):

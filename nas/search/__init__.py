@@ -1,0 +1,21 @@
+"""The search: Optuna ask/tell in the driver, trials as Ray tasks, results to MLflow.
+
+* :mod:`nas.search.store`       where a search lives on disk, and its study (the journal: the source of truth)
+* :mod:`nas.search.samplers`    the Optuna sampler a spec names
+* :mod:`nas.search.policy`      ask/tell: what to try next, and what a finished trial counts as
+* :mod:`nas.search.executor`    trials as Ray tasks (worker side and driver side)
+* :mod:`nas.search.reconcile`   recovery on start after a driver that died
+* :mod:`nas.search.tracking`    MLflow: one parent run per search, one child per trial
+* :mod:`nas.search.fronts`      Pareto ranks, reference point and hypervolume while the search runs
+* :mod:`nas.search.live`        the terminal view
+* :mod:`nas.search.controller`  composes the parts: :func:`run_search`
+"""
+
+from .controller import Controller, SearchOutcome, format_outcome, run_search
+from .samplers import make_sampler
+from .store import (SearchAborted, SearchPaths, StudyStore, count_trials, load_study, natural_reference, study_front,
+                    study_rows)
+
+__all__ = ["Controller", "SearchAborted", "SearchOutcome", "SearchPaths", "StudyStore", "count_trials",
+           "format_outcome", "load_study", "make_sampler", "natural_reference", "run_search", "study_front",
+           "study_rows"]

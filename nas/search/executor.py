@@ -1,0 +1,189 @@
+"""Trials as Ray tasks: what runs in a worker, and the driver's handle on the running ones.
+
+Worker side (:func:`trial_task`): rebuild the registry and the spec in that process, run one trial, hand back a
+:class:`TrialOutput`. With ``search.resources.memory_mb`` the trial runs in a child process under an
+address-space limit. Driver side (:class:`RayExecutor`): start or join Ray, submit, wait, cancel, and turn
+every way a task can die into a failed :class:`~nas.trial.TrialResult` with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..architecture import Architecture
+from ..spec import Spec, spec_from_data
+from ..trial import TrialResult, execute_trial
+
+__all__ = ["TrialOutput", "RayExecutor", "trial_task", "limited_child"]
+
+
+@dataclass(frozen=True)
+class TrialOutput:
+    """What a worker hands back: the result, and the trained weights as safetensors bytes (ok trials)."""
+
+    result: TrialResult
+    weights: bytes | None = None
+
+
+# --- the worker side -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialJob:
+    """Everything a worker needs to run one trial, as plain data."""
+
+    spec: dict[str, Any]
+    plugins: list[str]
+    arch: dict[str, Any]
+    cwd: str
+    threads: int
+    memory_mb: int | None
+
+
+def trial_task(job: TrialJob) -> TrialOutput:
+    """Runs in a Ray worker."""
+    if os.path.isdir(job.cwd):  # local clusters: relative paths (text files, plugin modules) as in the driver
+        os.chdir(job.cwd)
+        if job.cwd not in sys.path:
+            sys.path.insert(0, job.cwd)
+    if job.memory_mb is not None:
+        return _run_limited(job, job.memory_mb)
+    return _run_here(job)
+
+
+def _run_here(job: TrialJob, memory_mb: int | None = None) -> TrialOutput:
+    """One trial in this process."""
+    import torch
+
+    spec = spec_from_data(job.spec, job.plugins)
+    torch.set_num_threads(max(1, job.threads))
+    if memory_mb is not None:
+        import torch._dynamo  # noqa: F401  imported lazily by the first meta-device build: ~250 MB of address
+        # space that belongs to the baseline, not to the trial
+        _limit_memory(memory_mb)
+    run = execute_trial(spec, Architecture.model_validate(job.arch), keep_model=True)
+    if memory_mb is not None:  # the limit is for the trial, not for handing its result back
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (resource.getrlimit(resource.RLIMIT_AS)[1],) * 2)
+    weights = None
+    if run.model is not None:
+        from safetensors.torch import save_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(run.model, f"{tmp}/w.safetensors")  # handles the shared position module
+            weights = Path(f"{tmp}/w.safetensors").read_bytes()
+    return TrialOutput(run.result, weights)
+
+
+def _run_limited(job: TrialJob, memory_mb: int) -> TrialOutput:
+    """One trial in a child process under the address-space limit (``search.resources.memory_mb``).
+
+    Never under the limit in the Ray worker itself: Ray starts threads there at any time, and a thread that
+    cannot get its stack aborts the worker, which then hangs instead of returning. A child that dies (a
+    native allocation failure can abort it) is recorded as out of memory.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path, log_path = Path(tmp) / "result.pkl", Path(tmp) / "stderr.txt"
+        with log_path.open("wb") as log:
+            proc = subprocess.run(
+                [sys.executable, "-c", "import sys; from nas.search.executor import limited_child; "
+                 "limited_child(sys.argv[1])", str(result_path)],
+                input=pickle.dumps(job), stderr=log, cwd=job.cwd if os.path.isdir(job.cwd) else None,
+            )
+        errors = log_path.read_text(errors="replace")
+        if errors:
+            sys.stderr.write(errors[-20000:])
+        if proc.returncode == 0 and result_path.exists():
+            output: TrialOutput = pickle.loads(result_path.read_bytes())
+            return output
+    last = next((line.strip() for line in reversed(errors.splitlines()) if line.strip()), "")
+    reason = (f"out of memory: the trial process died (exit code {proc.returncode}) under search.resources."
+              f"memory_mb = {memory_mb}" + (f": {last[:300]}" if last else ""))
+    return TrialOutput(TrialResult.failed(Architecture.model_validate(job.arch), reason))
+
+
+def limited_child(result_path: str) -> None:
+    """Entry point of the child process of :func:`_run_limited`: the job on stdin, the output to ``result_path``."""
+    job: TrialJob = pickle.load(sys.stdin.buffer)
+    if os.path.isdir(job.cwd) and job.cwd not in sys.path:
+        sys.path.insert(0, job.cwd)
+    out = _run_here(job, job.memory_mb)
+    Path(result_path).write_bytes(pickle.dumps(out))
+
+
+def _limit_memory(memory_mb: int) -> None:
+    """Cap this process's address space at its current size plus ``memory_mb`` (Linux). Larger allocations
+    fail, and the trial is recorded as out of memory. Only ever called in a process that runs one trial."""
+    import resource
+
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    limit = vm + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+# --- the driver side -------------------------------------------------------------------------------------
+class RayExecutor:
+    """Starts (or joins) Ray and runs trials of one spec as Ray tasks."""
+
+    def __init__(self, spec: Spec, address: str | None):
+        import ray
+
+        self.spec = spec
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                                      "configure_logging": True, "log_to_driver": True}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:  # "local": a new instance, even when `ray start` left a cluster (or its address) on this machine
+                ray.init(address="local", num_cpus=os.cpu_count(), **kwargs)
+        r = spec.search.resources
+        fresh_process = r.gpus > 0  # GPU memory does not outlive a trial (memory_mb runs it in a child process)
+        remote = ray.remote(max_calls=1)(trial_task) if fresh_process else ray.remote(trial_task)
+        self._task = remote.options(num_cpus=0 if spec.training.workers > 1 else r.cpus, num_gpus=r.gpus,
+                                    max_retries=spec.search.retries)
+        self._spec_data = spec.model_dump(mode="json")
+
+    def submit(self, arch: Architecture) -> Any:
+        """Start one trial; returns the Ray object ref to wait on."""
+        r = self.spec.search.resources
+        job = TrialJob(self._spec_data, list(self.spec.plugins), arch.model_dump(), os.getcwd(),
+                       int(max(1, r.cpus)), r.memory_mb)
+        return self._task.remote(job)
+
+    def wait(self, refs: list[Any], timeout: float) -> list[Any]:
+        """The refs among ``refs`` that finished (at most one), waiting up to ``timeout`` seconds."""
+        import ray
+
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        return list(ready)
+
+    def output(self, ref: Any, arch: Architecture) -> TrialOutput:
+        """The output of a finished ref; a task that died becomes a failed result naming why."""
+        import ray
+
+        try:
+            out: TrialOutput = ray.get(ref)
+            return out
+        except ray.exceptions.OutOfMemoryError as exc:
+            reason = f"out of memory: killed by Ray's memory monitor ({str(exc).splitlines()[0]})"
+        except ray.exceptions.WorkerCrashedError:
+            reason = f"worker died (process crashed), after {self.spec.search.retries} retries"
+        except ray.exceptions.RayTaskError as exc:  # raised outside run_trial, e.g. a plugin missing on that node
+            cause = exc.cause if exc.cause is not None else exc
+            reason = f"error in the Ray worker: {type(cause).__name__}: {cause}"
+        except ray.exceptions.RayError as exc:
+            reason = f"ray: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return TrialOutput(TrialResult.failed(arch, reason))
+
+    def cancel(self, ref: Any) -> None:
+        import ray
+
+        ray.cancel(ref, force=True)

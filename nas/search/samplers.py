@@ -1,0 +1,28 @@
+"""The Optuna sampler a spec names (``search.sampler``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..spec import SAMPLERS, Spec
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["make_sampler"]
+
+
+def make_sampler(spec: Spec) -> "optuna.samplers.BaseSampler":
+    """The Optuna sampler named in ``search.sampler``, seeded.
+
+    Parameters that exist only in some trials (a block's own settings, a choice reduced by another choice)
+    are sampled independently by design, so the samplers' warnings about that are off unless asked for.
+    """
+    import optuna
+
+    cfg, seed = spec.search.sampler, spec.search.seed
+    options = dict(cfg.options)
+    if cfg.type == "gp":  # (TPE deprecated the option in Optuna 4.9 and no longer warns)
+        options.setdefault("warn_independent_sampling", False)
+    sampler: optuna.samplers.BaseSampler = getattr(optuna.samplers, SAMPLERS[cfg.type])(seed=seed, **options)
+    return sampler

@@ -1,0 +1,177 @@
+"""Where a search lives on disk, and its Optuna study: the journal file that is the source of truth.
+
+Only Optuna's public API is used. A trial left RUNNING by a process that died can only be failed through
+the storage, so :class:`StudyStore` keeps the ``JournalStorage`` it opened and calls its public
+``BaseStorage`` methods (``get_trial_id_from_study_id_trial_number``, ``set_trial_user_attr``,
+``set_trial_state_values``): Optuna's ``Study`` offers no public way to reach a trial it did not hand out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..pareto import hypervolume, reference_point, to_minimize
+from ..report import Front, TrialRow, compute_front
+from ..spec import Spec
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import JournalStorage
+
+__all__ = ["SearchPaths", "StudyStore", "Counts", "load_study", "study_rows", "study_front", "count_trials",
+           "natural_reference", "SearchAborted"]
+
+
+class SearchAborted(RuntimeError):
+    """Too many consecutive failures, or an unusable space; the study is kept and can be resumed."""
+
+
+@dataclass(frozen=True)
+class SearchPaths:
+    """Everything a search writes lives under one root (``search.dir``, default ``.nas``)."""
+
+    root: Path
+    name: str
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "studies" / f"{self.name}.journal"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights" / self.name
+
+    @property
+    def front(self) -> Path:
+        return self.root / "fronts" / self.name
+
+
+Counts = dict[str, int]
+"""``complete``, ``failed``, ``interrupted`` (re-run, never counted) and ``infeasible`` trials."""
+
+
+def _journal(paths: SearchPaths) -> "JournalStorage":
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    paths.journal.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(paths.journal)))
+
+
+def load_study(paths: SearchPaths) -> "optuna.Study":
+    """An existing study, read-only use (``nas show``). Raises KeyError if there is none."""
+    import optuna
+
+    if not paths.journal.exists():
+        known = sorted(p.stem for p in paths.journal.parent.glob("*.journal")) if paths.journal.parent.exists() else []
+        raise KeyError(f"no search named '{paths.name}' under {paths.root}; known: {', '.join(known) or 'none'}")
+    return optuna.load_study(study_name=paths.name, storage=_journal(paths))
+
+
+def fingerprint(spec: Spec) -> str:
+    """A hash of everything that makes trials comparable: the spec without its ``search`` section (how many
+    trials, where and how fast may change between resumes)."""
+    data = spec.model_dump(mode="json")
+    data.pop("search", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StudyStore:
+    """The study of one search, opened (or created) from its journal, with the writes the search makes to it
+    beyond ask and tell."""
+
+    def __init__(self, spec: Spec, paths: SearchPaths, objectives: list[tuple[str, str]],
+                 sampler: "optuna.samplers.BaseSampler", source_text: str):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.paths = paths
+        self.storage = _journal(paths)
+        self.study = optuna.create_study(study_name=spec.name, storage=self.storage, sampler=sampler,
+                                         directions=[d for _, d in objectives], load_if_exists=True)
+        self._study_id = self.storage.get_study_id_from_name(spec.name)
+        stored, mine = self.study.user_attrs.get("fingerprint"), fingerprint(spec)
+        if stored is None:
+            self.study.set_user_attr("fingerprint", mine)
+            self.study.set_user_attr("objectives", [list(o) for o in objectives])
+            self.study.set_user_attr("spec_text", source_text)
+        elif stored != mine:
+            raise SearchAborted(
+                f"a search named '{spec.name}' already exists in {paths.journal} with a different space, "
+                "task, training or objectives; resuming it would mix incomparable trials. Give this search "
+                "another `name:` (or move the old study away)."
+            )
+
+    def fail_and_requeue(self, number: int, params: dict[str, Any], reason: str) -> None:
+        """Mark a trial that did not finish as FAIL (``interrupted``, with ``reason``) and enqueue its parameters,
+        so the same architecture runs again and the lost attempt never counts towards ``n_trials``."""
+        from optuna.trial import TrialState
+
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
+        self.storage.set_trial_user_attr(trial_id, "interrupted", True)
+        self.storage.set_trial_user_attr(trial_id, "reason", reason)
+        self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        self.study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
+
+    def counts(self) -> Counts:
+        return count_trials(self.study)
+
+
+def count_trials(study: "optuna.Study") -> Counts:
+    from optuna.trial import TrialState
+
+    c = {"complete": 0, "failed": 0, "interrupted": 0, "infeasible": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE:
+            c["complete"] += 1
+        elif t.state == TrialState.FAIL:
+            c["interrupted" if t.user_attrs.get("interrupted") else "failed"] += 1
+        elif t.state == TrialState.PRUNED:
+            c["infeasible"] += 1
+    return c
+
+
+def study_rows(study: "optuna.Study") -> list[TrialRow]:
+    """The complete trials, as rows of the front (feasible: every soft constraint satisfied)."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        feasible = all(v <= 0 for v in t.user_attrs.get("constraints", []))
+        rows.append(TrialRow(t.number, t.user_attrs.get("summary", ""), list(t.values), feasible,
+                             t.user_attrs.get("mlflow_run_id"), t.user_attrs.get("metrics", {})))
+    return rows
+
+
+def study_front(study: "optuna.Study") -> tuple[Front, float | None, list[float] | None]:
+    """The front of a study as stored, with its hypervolume and reference point."""
+    objectives = [(str(m), str(d)) for m, d in study.user_attrs["objectives"]]
+    front = compute_front(objectives, study_rows(study))
+    ref = study.user_attrs.get("reference_point")
+    hv = None
+    if ref is not None and front.rows:
+        pts = to_minimize([r.values for r in front.rows if r.feasible], [d for _, d in objectives])
+        hv = hypervolume(pts, to_minimize([ref], [d for _, d in objectives])[0]) if len(pts) else 0.0
+    return front, hv, ref
+
+
+def natural_reference(values: list[list[float]], directions: list[str]) -> list[float]:
+    """A hypervolume reference point that later trials rarely cross: 0 for a non-negative metric to maximise
+    (accuracy), twice the worst value for a positive metric to minimise (latency, memory, parameters), and
+    otherwise the worst value plus 10% of the observed range."""
+    generic = reference_point(to_minimize(values, directions))
+    ref = []
+    for i, d in enumerate(directions):
+        column = [v[i] for v in values if math.isfinite(v[i])]
+        if d == "maximize" and min(column) >= 0:
+            ref.append(0.0)
+        elif d == "minimize" and min(column) > 0:
+            ref.append(2.0 * max(column))
+        else:
+            ref.append(-generic[i] if d == "maximize" else float(generic[i]))
+    return ref
