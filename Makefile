@@ -1,6 +1,7 @@
 # Two entry points, each doing all of its own set-up:
 #   make quickstart   create .venv, install nas, run the quickstart search on embedded defaults
-#   make test         create .venv, install nas + test deps + the example plugin, run the test suite
+#   make test         create .venv, install nas + test deps + the example plugin; lint, check the import layers,
+#                     type-check, then run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 # A CPU build of torch is installed first so that nothing pulls CUDA wheels on a CPU-only machine.
@@ -8,7 +9,7 @@ VENV   ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: quickstart test install clean
+.PHONY: quickstart test check install clean
 
 $(BIN)/nas: pyproject.toml examples/nas-example-plugin/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +23,14 @@ install: $(BIN)/nas
 quickstart: $(BIN)/nas
 	$(BIN)/nas search search_spaces/quickstart.yaml
 
-test: $(BIN)/nas
+# The house rules: ruff, the import-linter contracts in pyproject.toml (layers, forbidden imports, no cycles)
+# and mypy on nas/.
+check: $(BIN)/nas
+	$(BIN)/ruff check nas plugins tests examples benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: check
 	$(BIN)/python -m pytest tests examples/nas-example-plugin/tests
 
 clean:

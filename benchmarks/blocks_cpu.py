@@ -19,7 +19,8 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -148,7 +148,7 @@ def format_table(data: dict[str, Any]) -> str:
     for label, attention, _ in ROWS:
         paper = PAPER_SPEED.get(attention if label != "softmax (flash)" else "")
         cells = []
-        for i, T in enumerate(lengths):
+        for T in lengths:
             ours = res[label][T]["steps_per_s"] / base[T]["steps_per_s"]
             ref = paper[LENGTHS.index(T)] if paper and T in LENGTHS else None
             cells.append(f"{ours:.2f}x / {_cell(ref, '.1f')}")

@@ -39,8 +39,9 @@ beside it (:func:`aux_loss`, :func:`block_stats`, :func:`reset_stats`, :func:`in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -80,7 +81,7 @@ class BlockConfig(BaseModel):
     """Base class of every block's config. Subclasses add ``type: Literal["name"] = "name"`` and their fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: str  # the registered name; each subclass narrows it to its Literal
+    type: str = ""  # the registered name; each subclass narrows it to its Literal (the registry checks)
 
 
 @dataclass(frozen=True)
@@ -222,8 +223,8 @@ class Task:
                 x, y = x.to(device), y.to(device)
                 pred = model(x).argmax(-1)
                 mask = y != -100
-                correct += (pred[mask] == y[mask]).sum().item()
-                total += mask.sum().item()
+                correct += int((pred[mask] == y[mask]).sum().item())
+                total += int(mask.sum().item())
         return {"accuracy": correct / max(total, 1)}
 
 
@@ -331,7 +332,7 @@ def reset_stats(model: nn.Module) -> None:
 
 def inactive_parameters(model: nn.Module) -> int:
     """Parameters of the model a token does not use, summed over the blocks that say so."""
-    return sum(m.inactive_parameters() for m in model.modules() if isinstance(m, InactiveParameters))
+    return int(sum(m.inactive_parameters() for m in model.modules() if isinstance(m, InactiveParameters)))
 
 
 def search_space_of(cls: type) -> Callable[..., BlockConfig] | None:

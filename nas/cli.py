@@ -7,11 +7,16 @@ import json
 import os
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from . import registry
 from .registry import KINDS
+
+if TYPE_CHECKING:
+    from .architecture import Architecture
+    from .spec import Spec
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -86,7 +91,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 # --- nas trial -------------------------------------------------------------------------------------
-def sample_one(spec: Any, seed: int):
+def sample_one(spec: Spec, seed: int) -> Architecture:
     """Sample one architecture with a seeded random sampler (the same code path a search uses)."""
     import optuna
 

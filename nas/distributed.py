@@ -10,8 +10,9 @@ The logged loss is averaged over workers, i.e. the loss of the global batch.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ def _loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     task = build_task(spec)
     seed_everything(spec.training.seed)
-    model = build_model(Architecture.model_validate(config["arch"]), task)
+    model: torch.nn.Module = build_model(Architecture.model_validate(config["arch"]), task)
     model = ray.train.torch.prepare_model(model)  # moves to this worker's device, wraps in DDP
     device = ray.train.torch.get_device()
     batches = shard(task.train_batches(spec.training.batch_size, seed=spec.training.seed), rank, world)
@@ -87,6 +88,7 @@ def _fit(spec: Spec, arch: Architecture, model: torch.nn.Module, use_gpu: bool, 
     )
     registry.load_plugins(spec.plugins)
     out = trainer.fit()
+    assert out.checkpoint is not None and out.metrics is not None, "rank 0 reports a checkpoint and metrics"
     with out.checkpoint.as_directory() as folder:
         load_model(model, f"{folder}/weights.safetensors")
     m = out.metrics

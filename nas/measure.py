@@ -20,7 +20,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -128,11 +129,12 @@ def allocation_trace(fn: Callable[[], Any], device: torch.device) -> tuple[int, 
         with _silence_native_stderr():
             prof.stop()
     # Private but stable since torch 2.0: the raw allocator events, each with a signed byte count.
+    assert prof.profiler is not None and prof.profiler.kineto_results is not None
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
     current = peak = 0
     for event in events:
-        current += event.nbytes()
+        current += event.nbytes()  # type: ignore[attr-defined]  # memory events carry a signed byte count
         peak = max(peak, current)
     return peak, current
 

@@ -41,6 +41,7 @@ class Layer(nn.Module):
         self.norm_attn, self.norm_ffn = norm_attn, norm_ffn
         self.pre, self.sandwich = placement != "post", placement == "sandwich"
         if self.sandwich:
+            assert norm_attn_out is not None and norm_ffn_out is not None
             self.norm_attn_out, self.norm_ffn_out = norm_attn_out, norm_ffn_out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
@@ -122,10 +123,11 @@ def build_model(arch: Architecture, task: Task) -> Transformer:
     embedding = task.embedding(arch.d_model)
     head = nn.Linear(arch.d_model, task.num_outputs)
     for module in (embedding, head):  # GPT-2 style small init for the parts the model itself owns
-        if isinstance(getattr(module, "weight", None), torch.Tensor):  # a task's embedding may be any module
-            nn.init.normal_(module.weight, std=0.02)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        if isinstance(weight, torch.Tensor):  # a task's embedding may be any module
+            nn.init.normal_(weight, std=0.02)
+        if isinstance(bias, torch.Tensor):
+            nn.init.zeros_(bias)
     return Transformer(embedding, position, layers, final_norm, head, task.causal)
 
 

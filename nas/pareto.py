@@ -7,7 +7,7 @@ they get rank ``-1``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -33,9 +33,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -291,7 +292,7 @@ def profile_attention(name: str, s: ProfileSettings, device: torch.device, threa
     previous: dict[str, Any] | None = None
     skip_reason: str | None = None
     for T in lens:
-        row = {**base, "seq_len": T}
+        row: dict[str, Any] = {**base, "seq_len": T}
         if skip_reason is None and previous is not None:
             ratio = T / previous["seq_len"]
             per_call = previous["time_ms"] / 1e3 * ratio**2  # quadratic: the safe side for every type

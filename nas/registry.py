@@ -16,8 +16,9 @@ import contextvars
 import difflib
 import importlib
 import importlib.metadata
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 from .blocks import BlockConfig, Capabilities, capabilities_of
 
@@ -56,7 +57,7 @@ class Entry:
 
     kind: str
     name: str
-    cls: type
+    cls: type[Any]  # the block class; its class-level declarations are read through the properties below
     provider: str  # the distribution (or module) that registered it
     version: str
 
@@ -164,8 +165,8 @@ class Registry:
         try:
             return self._defaults[kind]
         except KeyError:
-            raise RegistryError(f"no default {kind} block is registered (one registers with "
-                                f"`@register('{kind}', name, default=True)`); is the `nas` package installed?") from None
+            raise RegistryError(f"no default {kind} block is registered (one registers with `@register('{kind}', "
+                                "name, default=True)`); is the `nas` package installed?") from None
 
     # -- discovery -----------------------------------------------------------------------------------
     def load_plugins(self, modules: Iterable[str] = ()) -> None:

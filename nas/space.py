@@ -8,7 +8,8 @@ parameters appear only when that block is chosen.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from . import registry
 from .architecture import Architecture, LayerArch
@@ -22,7 +23,7 @@ class Suggest(Protocol):
     """The part of ``optuna.Trial`` that sampling uses (``optuna.trial.FixedTrial`` works too)."""
 
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int: ...
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float: ...
 

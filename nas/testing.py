@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import itertools
 import typing
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from . import registry
-from .blocks import POSITION_MODES, BlockConfig, Dims, InactiveParameters, aux_loss
+from .blocks import POSITION_MODES, BlockConfig, Dims, InactiveParameters, PositionScheme, aux_loss
 from .registry import Entry
 
 __all__ = [
@@ -134,7 +135,7 @@ class Case:
 class _PositionProbe(nn.Module):
     """A position scheme exercised end to end: embed, then full softmax attention with its rotary/bias hooks."""
 
-    def __init__(self, position: nn.Module, dims: Dims):
+    def __init__(self, position: PositionScheme, dims: Dims):
         super().__init__()
         self.position = position
         attention = universal_attention()
@@ -168,6 +169,7 @@ def check_shapes(case: Case) -> None:
     assert y.shape == x.shape, f"{case.id}: output shape {tuple(y.shape)}, expected {tuple(x.shape)}"
     assert torch.isfinite(y).all(), f"{case.id}: non-finite outputs"
     if case.entry.kind == "position":
+        assert isinstance(block, _PositionProbe)
         pos = block.position
         assert pos.embed(x).shape == x.shape
         q = torch.randn(B, H, T, C // H)
@@ -357,7 +359,7 @@ class _ModuleConformance(_Conformance):
         self.skip_if_unrunnable(case)
         check_causal(case)
 
-    test_no_causal_leakage.causal_only = True  # type: ignore[attr-defined]  (collected for causal cases only)
+    setattr(test_no_causal_leakage, "causal_only", True)  # collected for causal cases only  # noqa: B010
 
     def test_gradients_reach_every_parameter(self, case: Case) -> None:
         self.skip_if_unrunnable(case)

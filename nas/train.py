@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from torch import nn
 from .architecture import Architecture
 from .blocks import Batch, Task, aux_loss
 from .model import Transformer, build_model
-from .runtime import autocast, loss_fn, seed_everything
+from .runtime import autocast, loss_fn
 from .spec import DistillConfig, ScheduleConfig, TrainingConfig, teacher_files
 
 __all__ = ["TrainResult", "NonFiniteLoss", "train", "make_optimizer", "lr_factor", "distill_loss", "load_teacher"]
@@ -118,7 +118,7 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
             logits = forward(x)
             loss = loss_fn(logits, y)  # the task loss: what the curve logs, with or without a teacher
             total = loss
-            if teacher is not None:
+            if teacher is not None and cfg.distill is not None:
                 with torch.no_grad():
                     teacher_logits = teacher(x)
                 alpha = cfg.distill.alpha

@@ -12,8 +12,9 @@ import math
 import platform
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -21,8 +22,15 @@ from . import kernels, registry
 from .architecture import Architecture, block_config
 from .blocks import Compression, Task, block_stats, reset_stats
 from .measure import METHOD, inference_memory, measure_latency, train_step_memory
-from .model import (Transformer, build_model, build_task, count_active_parameters, count_flops_per_token,
-                    count_parameters, meta_costs)
+from .model import (
+    Transformer,
+    build_model,
+    build_task,
+    count_active_parameters,
+    count_flops_per_token,
+    count_parameters,
+    meta_costs,
+)
 from .runtime import pick_device, seed_everything
 from .spec import Spec
 from .train import NonFiniteLoss, train
@@ -110,15 +118,15 @@ def execute_trial(spec: Spec, arch: Architecture, on_log: Callable[[int, float],
         compressor: Compression = registry.build("compression", block_config("compression", arch.compression))
         if keep_model:  # the trained weights, which load into build_model(arch); compression is re-applied
             kept = copy.deepcopy(model) if arch.compressed else model
-        model = _compress(compressor, model, task, spec, device, metrics, info)
-        reset_stats(model)
-        metrics.update(task.evaluate(model, spec.training.eval_batch_size, device))
-        metrics.update(block_stats(model))
+        measured = _compress(compressor, model, task, spec, device, metrics, info)
+        reset_stats(measured)
+        metrics.update(task.evaluate(measured, spec.training.eval_batch_size, device))
+        metrics.update(block_stats(measured))
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if bad:
             raise NonFiniteLoss(f"non-finite metric(s) after training: {bad}")
-        metrics.update(_measure(model, task, spec, device, compressor.precision(spec.training.precision)))
-        info["kernels"] = kernels.used(model)  # {module path: kernel} of the measured forward (nas.kernels)
+        metrics.update(_measure(measured, task, spec, device, compressor.precision(spec.training.precision)))
+        info["kernels"] = kernels.used(measured)  # {module path: kernel} of the measured forward (nas.kernels)
         info.update(latency_threads=spec.measure.threads if device.type == "cpu" else None,
                     latency_batch=spec.measure.batch_size, seq_len=task.seq_len)
     except NonFiniteLoss as exc:
@@ -140,7 +148,7 @@ def execute_trial(spec: Spec, arch: Architecture, on_log: Callable[[int, float],
 
 
 def _compress(compressor: Compression, model: Transformer, task: Task, spec: Spec, device: torch.device,
-              metrics: dict[str, float], info: dict[str, Any]) -> Transformer:
+              metrics: dict[str, float], info: dict[str, Any]) -> torch.nn.Module:
     """Apply the architecture's compression; recount sizes if it changed shapes. Returns the model to measure."""
 
     def finetune(m: torch.nn.Module, steps: int) -> None:
@@ -153,15 +161,15 @@ def _compress(compressor: Compression, model: Transformer, task: Task, spec: Spe
         })
         train(m, task, cfg, device)
 
-    model = compressor.apply(model, finetune)
-    model.eval()
+    compressed = compressor.apply(model, finetune)
+    compressed.eval()
     info["compression"] = {"type": compressor.config.type, **compressor.info}
     if compressor.changes_shape:
         x, _ = task.example_batch(spec.measure.batch_size)
-        metrics.update(params=float(count_parameters(model)),
-                              params_active=float(count_active_parameters(model)),
-                              flops_per_token=count_flops_per_token(model, x.to(device)))
-    return model
+        metrics.update(params=float(count_parameters(compressed)),
+                       params_active=float(count_active_parameters(compressed)),
+                       flops_per_token=count_flops_per_token(compressed, x.to(device)))
+    return compressed
 
 
 def _train_memory(model: Transformer, task: Task, spec: Spec, device: torch.device) -> float:
@@ -169,7 +177,8 @@ def _train_memory(model: Transformer, task: Task, spec: Spec, device: torch.devi
     return train_step_memory(model, tx.to(device), ty.to(device), spec.training.precision) / MB
 
 
-def _measure(model: Transformer, task: Task, spec: Spec, device: torch.device, precision: str) -> dict[str, float]:
+def _measure(model: torch.nn.Module, task: Task, spec: Spec, device: torch.device,
+             precision: str) -> dict[str, float]:
     m = spec.measure
     x, _ = task.example_batch(m.batch_size)
     x = x.to(device)

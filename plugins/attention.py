@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from nas import BlockConfig, Capabilities, Dims, PositionScheme, register
-from nas import kernels
-from nas.space import suggest_among
+from nas import BlockConfig, Capabilities, Dims, PositionScheme, kernels, register, suggest_among
 
 ALL_POSITIONS = frozenset({"none", "embedding", "rotary", "bias"})
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa argument

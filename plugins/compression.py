@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from nas import BlockConfig, Capabilities, Compression, register
-from nas.blocks import Finetune
+from nas import BlockConfig, Capabilities, Compression, Finetune, PrunableHeads, PrunableNeurons, register
 
 
 def layer_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
@@ -228,14 +228,15 @@ class StructuredPrune(Compression):
         heads = neurons = 0
         skipped = []
         for layer_index, layer in enumerate(getattr(model, "layers", [])):
-            for kind, method, fraction in (("attention", "prune_heads", self.config.heads),
-                                           ("ffn", "prune_neurons", self.config.neurons)):
-                block = getattr(layer, kind, None)
+            attention, ffn = getattr(layer, "attention", None), getattr(layer, "ffn", None)
+            for kind, block, fraction in (("attention", attention, self.config.heads),
+                                          ("ffn", ffn, self.config.neurons)):
                 if block is None or not fraction:
                     continue
-                if hasattr(block, method):
-                    removed = getattr(block, method)(fraction)
-                    heads, neurons = (heads + removed, neurons) if kind == "attention" else (heads, neurons + removed)
+                if kind == "attention" and isinstance(block, PrunableHeads):
+                    heads += block.prune_heads(fraction)
+                elif kind == "ffn" and isinstance(block, PrunableNeurons):
+                    neurons += block.prune_neurons(fraction)
                 else:
                     skipped.append(f"layers.{layer_index}.{kind} ({type(block).__name__})")
         self.info.update(heads_removed=heads, neurons_removed=neurons, not_prunable=skipped)

@@ -9,8 +9,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from nas import BlockConfig, Dims, register
-from nas.space import suggest_among, suggest_value
+from nas import BlockConfig, Dims, register, suggest_among, suggest_value
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 

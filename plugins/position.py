@@ -9,8 +9,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from nas import BlockConfig, Capabilities, Dims, PositionScheme, register
-from nas.space import suggest_among, suggest_value
+from nas import BlockConfig, Capabilities, Dims, PositionScheme, register, suggest_among, suggest_value
 
 
 @register("position", "none")

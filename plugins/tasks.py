@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import glob
 import math
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

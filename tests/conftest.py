@@ -6,8 +6,9 @@ Everything here is sized for a 2-core CPU: d_model 16-32, 1-2 layers, sequences 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from nas import registry, testing
+from nas.architecture import Architecture, LayerArch, block_config
 from nas.blocks import Dims
 from nas.model import build_model, count_parameters
-from nas.architecture import Architecture, LayerArch, block_config
 
 # Choices the search-space check samples on top of every Literal/bool choice: values that must be filtered
 # (kv_heads 3 with 4 heads, top_k above num_experts) and windows on both sides of the sequence length.

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nas import Dims, registry
-from nas.model import Layer, build_model, count_flops_per_token, count_parameters, meta_costs
 from nas.architecture import block_config
+from nas.model import Layer, build_model, count_flops_per_token, count_parameters, meta_costs
 
 POSITIONS = registry.names("position")
 PLACEMENTS = ("pre", "post")

@@ -259,10 +259,9 @@ def test_pareto_optimal_children_carry_weights_that_reproduce_their_accuracy(e2e
     import torch
     from safetensors.torch import load_model
 
-    from nas.model import build_model
     from nas.architecture import Architecture
+    from nas.model import build_model, build_task
     from nas.spec import load_spec
-    from nas.model import build_task
 
     client, _, children = mlflow_runs(e2e["root"], "e2e")
     spec = load_spec(e2e["cwd"] / "space.yaml").spec

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nas.model import build_model
-from nas.spec import ScheduleConfig, TrainingConfig
 from nas.runtime import loss_fn, seed_everything
+from nas.spec import ScheduleConfig, TrainingConfig
 from nas.train import NonFiniteLoss, lr_factor, make_optimizer, train
 
 CPU = torch.device("cpu")

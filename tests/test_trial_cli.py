@@ -15,9 +15,8 @@ from torch import nn
 
 from nas import BlockConfig, Capabilities, Dims, PositionScheme, registry
 from nas.cli import main, sample_one
-from nas.model import build_model, count_parameters
+from nas.model import build_model, build_task, count_parameters
 from nas.spec import MEASURED_METRICS, load_spec
-from nas.model import build_task
 from nas.trial import run_trial
 
 #: What every ok trial reports at least (MEASURED_METRICS may grow).

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ def _pattern(key: tuple, make: Callable[[], Callable]) -> Pattern:
 
 def causal() -> Pattern:
     def make() -> Callable:
-        def mask_mod(b, h, q_idx, kv_idx):
+        def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
             return kv_idx <= q_idx
 
         return mask_mod
@@ -60,20 +61,20 @@ def sliding_window(window: int, causal: bool) -> Pattern:
     """Keys fewer than ``window`` positions away (only earlier ones when ``causal``)."""
 
     def make() -> Callable:
-        def mask_mod(b, h, q_idx, kv_idx):
+        def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
             allowed = (q_idx - kv_idx < window) & (kv_idx - q_idx < window)
             return allowed & (kv_idx <= q_idx) if causal else allowed
 
         return mask_mod
 
-    return _pattern(("sliding_window", window, causal), make)
+    return _pattern(("window", window, causal), make)
 
 
 def block_sparse(block_size: int, local_blocks: int, global_tokens: int, strided: bool, causal: bool) -> Pattern:
     """Neighbouring blocks, the last token of every block (``strided``) and ``global_tokens`` leading positions."""
 
     def make() -> Callable:
-        def mask_mod(b, h, q_idx, kv_idx):
+        def mask_mod(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
             allowed = (q_idx // block_size - kv_idx // block_size).abs() <= local_blocks
             if strided:
                 allowed = allowed | (kv_idx % block_size == block_size - 1)
@@ -83,13 +84,13 @@ def block_sparse(block_size: int, local_blocks: int, global_tokens: int, strided
 
         return mask_mod
 
-    return _pattern(("block_sparse", block_size, local_blocks, global_tokens, strided, causal), make)
+    return _pattern(("sparse", block_size, local_blocks, global_tokens, strided, causal), make)
 
 
 def bias_score_mod(bias: torch.Tensor) -> Callable:
     """``score + bias[h, q_idx, kv_idx]`` for a dense (H, T, T) bias (any position scheme's ``score_bias``)."""
 
-    def score_mod(score, b, h, q_idx, kv_idx):
+    def score_mod(score: torch.Tensor, b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         return score + bias[h, q_idx, kv_idx]
 
     return score_mod
@@ -98,7 +99,7 @@ def bias_score_mod(bias: torch.Tensor) -> Callable:
 def alibi_score_mod(slopes: torch.Tensor) -> Callable:
     """ALiBi without a (H, T, T) tensor: ``score - slopes[h] * |q_idx - kv_idx|`` (Press et al. 2022)."""
 
-    def score_mod(score, b, h, q_idx, kv_idx):
+    def score_mod(score: torch.Tensor, b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         return score - slopes[h] * (q_idx - kv_idx).abs()
 
     return score_mod

@@ -13,8 +13,16 @@
 
 from .controller import Controller, SearchOutcome, format_outcome, run_search
 from .samplers import make_sampler
-from .store import (SearchAborted, SearchPaths, StudyStore, count_trials, load_study, natural_reference, study_front,
-                    study_rows)
+from .store import (
+                    SearchAborted,
+                    SearchPaths,
+                    StudyStore,
+                    count_trials,
+                    load_study,
+                    natural_reference,
+                    study_front,
+                    study_rows,
+)
 
 __all__ = ["Controller", "SearchAborted", "SearchOutcome", "SearchPaths", "StudyStore", "count_trials",
            "format_outcome", "load_study", "make_sampler", "natural_reference", "run_search", "study_front",

@@ -110,7 +110,7 @@ class Controller:
                 for ref in executor.wait(list(running), timeout=0.5):
                     job = running.pop(ref)
                     self._collect(policy, tracker, fronts, job, executor.output(ref, job.arch))
-                self.view.progress(policy.progress, list(running.values()), fronts.hv)
+                self.view.progress(policy.progress, [(j.trial.number, j.started) for j in running.values()], fronts.hv)
         except SearchAborted as exc:
             aborted, status = str(exc), "FAILED"
             self._interrupt(policy, tracker, executor, running, f"search aborted: {exc}")

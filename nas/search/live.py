@@ -11,7 +11,6 @@ from ..report import TrialRow
 from ..trial import TrialResult
 
 if TYPE_CHECKING:
-    from .controller import RunningTrial
     from .policy import Progress, Told
 
 __all__ = ["LiveView"]
@@ -38,7 +37,8 @@ class LiveView:
             f"#{r.number} {r.summary} (" + ", ".join(f"{m}={v:.3g}" for (m, _), v in zip(self.objectives, r.values))
             + ")" for r in rows))
 
-    def progress(self, progress: "Progress", running: list["RunningTrial"], hv: float | None) -> None:
+    def progress(self, progress: "Progress", running: list[tuple[int, float]], hv: float | None) -> None:
+        """``running``: (trial number, start time by ``time.perf_counter``) of each running trial."""
         if not self.live:
             return
         key = (progress.done, len(running))
@@ -46,7 +46,7 @@ class LiveView:
             return
         self._last = key
         now = time.perf_counter()
-        names = ", ".join(f"{j.trial.number} ({now - j.started:.0f}s)" for j in running)
+        names = ", ".join(f"{number} ({now - started:.0f}s)" for number, started in running)
         hv_text = f"{hv:.4g}" if hv is not None else "-"
         print(f"  [{progress.done}/{self.n_trials} done, {len(running)} running, {progress.failed} "
               f"failed, {progress.infeasible} infeasible] hypervolume {hv_text}  running: {names or '-'}", flush=True)

@@ -167,4 +167,5 @@ class AskTell:
         limit = self.spec.search.max_consecutive_failures
         if self.progress.consecutive_failures >= limit:
             raise SearchAborted(f"{self.progress.consecutive_failures} trials failed in a row (search.max_consecutive_"
-                                f"failures = {limit}); see the failure reasons above or with `nas show {self.spec.name}`")
+                                f"failures = {limit}); see the failure reasons above or with "
+                                f"`nas show {self.spec.name}`")

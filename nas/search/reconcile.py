@@ -26,10 +26,11 @@ def reconcile(store: StudyStore, tracker: SearchTracker) -> int:
         lost += 1
     by_run = {t.user_attrs.get("mlflow_run_id"): t for t in store.study.get_trials(deepcopy=False)}
     for run in tracker.running_children():
-        t = by_run.get(run.info.run_id)
-        if t is not None and not t.user_attrs.get("interrupted") and t.state != TrialState.RUNNING:
-            status = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "infeasible"}.get(t.state, "failed")
-            tracker.finish_trial(run.info.run_id, status, t.user_attrs.get("metrics", {}), t.user_attrs.get("reason"))
+        owner = by_run.get(run.info.run_id)
+        if owner is not None and not owner.user_attrs.get("interrupted") and owner.state != TrialState.RUNNING:
+            status = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "infeasible"}.get(owner.state, "failed")
+            tracker.finish_trial(run.info.run_id, status, owner.user_attrs.get("metrics", {}),
+                                 owner.user_attrs.get("reason"))
         else:
             tracker.kill_trial(run.info.run_id, INTERRUPTED)
     return lost

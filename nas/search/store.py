@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..pareto import hypervolume, reference_point, to_minimize
 from ..report import Front, TrialRow, compute_front
@@ -93,7 +93,7 @@ class StudyStore:
         self.paths = paths
         self.storage = _journal(paths)
         self.study = optuna.create_study(study_name=spec.name, storage=self.storage, sampler=sampler,
-                                         directions=[d for _, d in objectives], load_if_exists=True)
+                                         directions=[cast(Any, d) for _, d in objectives], load_if_exists=True)
         self._study_id = self.storage.get_study_id_from_name(spec.name)
         stored, mine = self.study.user_attrs.get("fingerprint"), fingerprint(spec)
         if stored is None:

@@ -12,10 +12,31 @@ It knows the registry and the block contracts, and nothing of sampling, models, 
 from .checks import check_semantics, objective_directions, usable_blocks, values
 from .errors import Problem, SpecError
 from .load import LoadedSpec, load_spec, spec_from_data
-from .schema import (BLOCK_KINDS, MEASURED_METRICS, SAMPLERS, BlockSpace, Constraints, DistillConfig, FloatRange,
-                     IntRange, MeasureConfig, ModelSpace, Objective, OptimizerConfig, ResourcesConfig, SamplerConfig,
-                     ScheduleConfig, SearchConfig, Spec, SpaceBase, SpecBase, TrainingConfig, block_space_model,
-                     spec_model, teacher_files)
+from .schema import (
+                     BLOCK_KINDS,
+                     MEASURED_METRICS,
+                     SAMPLERS,
+                     BlockSpace,
+                     Constraints,
+                     DistillConfig,
+                     FloatRange,
+                     IntRange,
+                     MeasureConfig,
+                     ModelSpace,
+                     Objective,
+                     OptimizerConfig,
+                     ResourcesConfig,
+                     SamplerConfig,
+                     ScheduleConfig,
+                     SearchConfig,
+                     SpaceBase,
+                     Spec,
+                     SpecBase,
+                     TrainingConfig,
+                     block_space_model,
+                     spec_model,
+                     teacher_files,
+)
 
 __all__ = [
     "BLOCK_KINDS", "MEASURED_METRICS", "SAMPLERS", "BlockSpace", "Constraints", "DistillConfig", "FloatRange",

@@ -13,8 +13,17 @@ from pydantic import ValidationError
 from .. import registry
 from ..registry import did_you_mean
 from .errors import Problem, YamlPath
-from .schema import (BLOCK_KINDS, MEASURED_METRICS, SAMPLERS, BlockSpace, FloatRange, IntRange, ModelSpace, Objective,
-                     Spec)
+from .schema import (
+    BLOCK_KINDS,
+    MEASURED_METRICS,
+    SAMPLERS,
+    BlockSpace,
+    FloatRange,
+    IntRange,
+    ModelSpace,
+    Objective,
+    Spec,
+)
 
 __all__ = ["values", "partial_checks", "check_model", "check_objectives", "check_semantics", "usable_blocks",
            "check_search", "objective_directions", "Usable"]
@@ -104,13 +113,15 @@ def check_semantics(spec: Spec, device: str | None = None) -> tuple[list[Problem
         for i, entry in enumerate(getattr(spec.space, kind)):
             if entry.type in seen_types:
                 errors.append(Problem(("space", kind, i, "type"),
-                                      f"{kind} '{entry.type}' is listed twice; give it one entry with lists of choices"))
+                                      f"{kind} '{entry.type}' is listed twice; give it one entry with lists of "
+                                      "choices"))
             seen_types.add(entry.type)
 
     # Each position scheme must be takeable by at least one attention block.
     for i, pos in enumerate(spec.space.position):
         mode = registry.get("position", pos.type).capabilities.position_mode
-        takers = [a.type for a in usable["attention"] if mode in registry.get("attention", a.type).capabilities.positions]
+        takers = [a.type for a in usable["attention"]
+                  if mode in registry.get("attention", a.type).capabilities.positions]
         if usable["attention"] and not takers:
             errors.append(Problem(("space", "position", i, "type"),
                                   f"position '{pos.type}' acts as '{mode}', which none of the attention choices "

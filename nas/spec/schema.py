@@ -122,7 +122,7 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
 def _searchable(annotation: Any) -> Any:
     """The space type of a parameter of type ``annotation``: a fixed value, a list of choices, or a range."""
     base = get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
-    options: list[Any] = [annotation, Annotated[list[annotation], Field(min_length=1)]]  # type: ignore[valid-type]
+    options: list[Any] = [annotation, Annotated[list[annotation], Field(min_length=1)]]
     if base is int:
         options.append(IntRange)
     elif base is float:
@@ -302,7 +302,8 @@ def block_space_model(config: type[BlockConfig], title: str) -> type[BlockSpace]
         if fname == "type":
             fields[fname] = (finfo.annotation, finfo.default)
             continue
-        annotation = Annotated[(finfo.annotation, *finfo.metadata)] if finfo.metadata else finfo.annotation
+        args = (finfo.annotation, *finfo.metadata)  # the field's type with its constraints (gt=0, ...)
+        annotation = Annotated[args] if finfo.metadata else finfo.annotation
         fields[fname] = (_searchable(annotation) | None, Field(None, description=finfo.description))
     return create_model(title, __base__=BlockSpace, __doc__=config.__doc__, **fields)
 

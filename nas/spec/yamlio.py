@@ -22,7 +22,7 @@ import yaml
 
 __all__ = ["load", "Locations", "YamlError"]
 
-Path_ = tuple[str | int, ...]
+Path_ = tuple[str | int | float, ...]  # YAML keys may be numbers too
 
 
 class YamlError(ValueError):
