@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,25 +29,7 @@ import torch.nn.functional as F
 
 from nas import Dims, kernels, registry
 from nas.kernels import _flex
-
-
-def _time_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from nas.measure import timed
 
 
 def _block(name: str, position: str, T: int, H: int, D: int, **fields: Any) -> torch.nn.Module:
@@ -140,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = {"case": case, "mode": mode, "T": T, "impl": impl}
                     try:
                         with kernels.policy(policy), torch.set_grad_enabled(train):
-                            ms = _time_ms(call, device, args.warmup, args.repeats)
+                            ms = timed(call, device, args.warmup, args.repeats)["latency_ms"]
                         row.update(ms=ms, tflops=flops / (ms * 1e-3) / 1e12)
                         if impl == "dispatch":
                             row["kernel"] = _kernel_of(fn)

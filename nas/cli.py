@@ -255,9 +255,50 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- nas --version ---------------------------------------------------------------------------------
+DISTRIBUTION = "nas-transformers"
+_DEPENDENCIES = ("torch", "optuna", "ray", "mlflow", "pydantic", "triton")
+
+
+def version_report() -> str:
+    """The versions of nas, its main dependencies and every installed plugin package (read from the installed
+    metadata, without importing any of them)."""
+    from importlib import metadata
+
+    from . import __version__
+    from .registry import ENTRY_POINT_GROUP
+
+    def installed(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"nas {__version__} (distribution {DISTRIBUTION})"]
+    lines += [f"{dist} {installed(dist)}" for dist in _DEPENDENCIES]
+    providers: dict[str, list[str]] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value.split(".")[0]
+        providers.setdefault(dist, []).append(ep.name)
+    lines.append("plugins:" if providers else "plugins: none installed")
+    lines += [f"  {dist}: {', '.join(sorted(names))}" for dist, names in sorted(providers.items())]
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, help="print the versions of nas, its dependencies and the "
+                         "installed plugins, and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(version_report())
+        parser.exit()
+
+
 # --- entry point -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas", description="Neural architecture search for efficient Transformers")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check search-space files; list every problem with its line")

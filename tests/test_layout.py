@@ -158,46 +158,51 @@ def test_the_core_contains_no_builtin_block_name():
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
+def _exists(dotted: str) -> bool:
+    """``nas.a.b.c`` is a module, or an attribute (chain) of the deepest module it names."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+def test_exists_tells_real_names_from_made_up_ones():
+    assert _exists("nas.search.controller.run_search") and _exists("nas.spec.load_spec")
+    assert not _exists("nas.search.tracking.SearchTracker.reconcile") and not _exists("nas.nowhere")
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
 def test_every_dotted_name_the_docs_cite_exists(doc):
     """``nas.x.y`` in backticks names a module, or an attribute of one, that exists."""
     from nas.registry import ENTRY_POINT_GROUP
 
-    missing = []
-    for dotted in sorted(set(re.findall(r"`(nas(?:\.\w+)+)", doc.read_text())) - {ENTRY_POINT_GROUP}):
-        parts = dotted.split(".")
-        for cut in range(len(parts), 0, -1):
-            try:
-                obj = importlib.import_module(".".join(parts[:cut]))
-            except ImportError:
-                continue
-            try:
-                for attr in parts[cut:]:
-                    obj = getattr(obj, attr)
-            except AttributeError:
-                missing.append(dotted)
-            break
-        else:
-            missing.append(dotted)
+    cited = set(re.findall(r"`(nas(?:\.\w+)+)", doc.read_text())) - {ENTRY_POINT_GROUP}
+    missing = sorted(dotted for dotted in cited if not _exists(dotted))
     assert not missing, f"{doc.name} cites names that do not exist: {', '.join(missing)}"
 
 
 def test_the_docstrings_of_nas_cite_only_names_that_exist():
-    """``:func:`nas.x.y``` and friends in the core's docstrings resolve (a ``Tracker.reconcile`` that does
-    not exist was cited once)."""
+    """``:func:`nas.x.y``` and friends in the core's docstrings resolve: absolute names as they are, relative ones
+    (``:meth:`Tracker.reconcile```, which was cited once and did not exist) in the module they are written in,
+    its package, or one of its classes."""
+    role = re.compile(r":(?:func|class|meth|mod|attr|data):`~?([\w.]+)`")
     missing = []
     for path in CORE.rglob("*.py"):
-        for dotted in set(re.findall(r":(?:func|class|meth|mod|attr|data):`~?(nas(?:\.\w+)+)`", path.read_text())):
-            parts = dotted.split(".")
-            for cut in range(len(parts), 0, -1):
-                try:
-                    obj = importlib.import_module(".".join(parts[:cut]))
-                except ImportError:
-                    continue
-                try:
-                    for attr in parts[cut:]:
-                        obj = getattr(obj, attr)
-                except AttributeError:
-                    missing.append(f"{path.relative_to(REPO)}: {dotted}")
-                break
+        module = _module_name(path)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        classes = [n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)]
+        for ref in set(role.findall(path.read_text())):
+            candidates = [ref] if ref.startswith("nas.") else [
+                f"{module}.{ref}", f"{package}.{ref}", *(f"{module}.{c}.{ref}" for c in classes)]
+            if not any(_exists(c) for c in candidates):
+                missing.append(f"{path.relative_to(REPO)}: {ref}")
     assert not missing, "docstrings cite names that do not exist: " + ", ".join(sorted(missing))

@@ -249,3 +249,36 @@ def test_flops_per_token_same_on_cpu_and_meta(make_arch, make_task):
     arch = make_arch()
     x, _ = task.example_batch(2)
     assert count_flops_per_token(build_model(arch, task), x) == meta_costs(arch, task, x)["flops_per_token"]
+
+
+def test_the_hook_readers_find_blocks_by_their_declared_protocol():
+    """aux_loss / block_stats / reset_stats / inactive_parameters read each hook in one place, on any module."""
+    import torch
+    from torch import nn
+
+    from nas.blocks import AuxLoss, aux_loss, block_stats, inactive_parameters, reset_stats
+
+    class Routed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = 3.0
+
+        def aux_loss(self) -> torch.Tensor:
+            return torch.tensor(0.5)
+
+        def stats(self) -> dict[str, float]:
+            return {"seen": self.seen}
+
+        def reset_stats(self) -> None:
+            self.seen = 0.0
+
+        def inactive_parameters(self) -> int:
+            return 7
+
+    model = nn.Sequential(nn.Linear(2, 2), Routed(), Routed())
+    assert isinstance(model[1], AuxLoss) and not isinstance(model[0], AuxLoss)
+    assert aux_loss(model).item() == 1.0 and aux_loss(nn.Linear(2, 2)) is None
+    assert inactive_parameters(model) == 14
+    assert block_stats(model) == {"1.seen": 3.0, "2.seen": 3.0}
+    reset_stats(model)
+    assert block_stats(model) == {"1.seen": 0.0, "2.seen": 0.0}

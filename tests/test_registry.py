@@ -275,3 +275,52 @@ def test_block_of_an_unlisted_local_module_is_unknown(local_plugin, write_spec):
 
     with pytest.raises(SpecError, match=f"unknown ffn '{local_plugin}_ffn'"):
         load_spec(path, device="cpu")
+
+
+# --- defaults: how the core fills a kind without naming a block ------------------------------------------
+def test_each_kind_has_one_default_from_the_builtins():
+    registry.load_plugins()
+    assert {k: registry.default(k) for k in KINDS} == {
+        "attention": "softmax", "position": "rope", "norm": "layernorm", "ffn": "mlp", "compression": "none",
+        "task": "mqar"}
+
+
+def test_a_second_default_for_a_kind_is_an_error_naming_the_first():
+    reg = Registry()
+    reg.register("attention", "first", default=True)(_block("first"))
+    with pytest.raises(RegistryError, match="cannot be the default attention: 'first' already is"):
+        reg.register("attention", "second", default=True)(_block("second"))
+    assert reg.names("attention") == ["first"]  # the refused class is not registered either
+    assert reg.default("attention") == "first"
+
+
+def test_a_kind_without_a_default_says_how_to_declare_one():
+    reg = Registry()
+    reg._loaded_entry_points = True  # a registry that discovers nothing
+    with pytest.raises(RegistryError, match=r"no default norm block is registered .*default=True"):
+        reg.default("norm")
+
+
+def test_scratch_forgets_a_default_registered_inside_it():
+    reg = Registry()
+    reg._loaded_entry_points = True
+    with reg.scratch():
+        reg.register("ffn", "tmp", default=True)(_block("tmp"))
+        assert reg.default("ffn") == "tmp"
+    with pytest.raises(RegistryError):
+        reg.default("ffn")
+
+
+# --- capabilities: declared once per class, read in one place ----------------------------------------------
+def test_a_tasks_capabilities_come_from_its_one_causal_declaration():
+    registry.load_plugins()
+    mqar, digits = registry.get("task", "mqar").capabilities, registry.get("task", "digits").capabilities
+    assert (mqar.causal, mqar.bidirectional) == (True, False)
+    assert (digits.causal, digits.bidirectional) == (False, True)
+    assert mqar.describe("task") == {"needs_gpu": False, "causal": True}
+
+
+def test_supports_is_the_one_direction_filter():
+    both, encoder = Capabilities(), Capabilities(causal=False, bidirectional=True)
+    assert both.directions() == [True, False] and encoder.directions() == [False]
+    assert not encoder.supports(True) and encoder.supports(False)
