@@ -206,3 +206,14 @@ def test_the_docstrings_of_nas_cite_only_names_that_exist():
             if not any(_exists(c) for c in candidates):
                 missing.append(f"{path.relative_to(REPO)}: {ref}")
     assert not missing, "docstrings cite names that do not exist: " + ", ".join(sorted(missing))
+
+
+def test_the_core_uses_no_private_optuna_attribute():
+    """``study._storage`` and ``trial._trial_id`` change between Optuna releases; the search reaches the journal
+    through the storage it opened itself (:class:`nas.search.store.StudyStore`) and its public methods."""
+    private = {"_storage", "_trial_id", "_study_id", "_cached_frozen_trial"}
+    found = [f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr}"
+             for path in CORE.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Attribute) and node.attr in private
+             and not (isinstance(node.value, ast.Name) and node.value.id == "self")]
+    assert not found, "private Optuna attributes: " + ", ".join(found)
