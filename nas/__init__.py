@@ -5,22 +5,8 @@ hooks a block may implement, the registration decorator, and the helpers for a b
 Everything else lives in a module of its own (see the README's "Where things live").
 """
 
-from .blocks import (
-                     POSITION_MODES,
-                     AuxLoss,
-                     Batch,
-                     BlockConfig,
-                     Capabilities,
-                     Compression,
-                     Dims,
-                     Finetune,
-                     InactiveParameters,
-                     PositionScheme,
-                     PrunableHeads,
-                     PrunableNeurons,
-                     Stats,
-                     Task,
-)
+from .blocks import (POSITION_MODES, AuxLoss, Batch, BlockConfig, Capabilities, Compression, Dims, Finetune,
+                     InactiveParameters, PositionScheme, PrunableHeads, PrunableNeurons, ResetStats, Stats, Task)
 from .registry import load_plugins, register
 from .space import suggest_among, suggest_value
 
@@ -39,6 +25,7 @@ __all__ = [
     "PositionScheme",
     "PrunableHeads",
     "PrunableNeurons",
+    "ResetStats",
     "Stats",
     "Task",
     "load_plugins",

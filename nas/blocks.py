@@ -28,8 +28,9 @@ beside it (:func:`aux_loss`, :func:`block_stats`, :func:`reset_stats`, :func:`in
 
 * :class:`AuxLoss`: ``aux_loss() -> Tensor | None``, an auxiliary loss of the last forward, added to the
   training loss (mixture-of-experts load balancing).
-* :class:`Stats`: ``stats() -> dict[str, float]`` and ``reset_stats()``, what the block saw since the reset
-  (expert utilisation); a trial resets them before evaluation and logs them as ``<module path>.<key>``.
+* :class:`Stats` / :class:`ResetStats`: ``stats() -> dict[str, float]`` and ``reset_stats()``, what the block
+  saw since the reset (expert utilisation); a trial resets them before evaluation and logs them as
+  ``<module path>.<key>``.
 * :class:`InactiveParameters`: ``inactive_parameters() -> int``, parameters a token does not use (unrouted
   experts), for ``params_active``.
 * :class:`PrunableHeads` / :class:`PrunableNeurons`: ``prune_heads(fraction) -> int`` (attention) and
@@ -59,6 +60,7 @@ __all__ = [
     "POSITION_MODES",
     "AuxLoss",
     "Stats",
+    "ResetStats",
     "InactiveParameters",
     "PrunableHeads",
     "PrunableNeurons",
@@ -273,6 +275,10 @@ class AuxLoss(Protocol):
 @runtime_checkable
 class Stats(Protocol):
     def stats(self) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class ResetStats(Protocol):
     def reset_stats(self) -> None: ...
 
 
@@ -326,7 +332,7 @@ def block_stats(model: nn.Module) -> dict[str, float]:
 
 def reset_stats(model: nn.Module) -> None:
     for m in model.modules():
-        if isinstance(m, Stats):
+        if isinstance(m, ResetStats):
             m.reset_stats()
 
 

@@ -159,7 +159,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
     import dataclasses
 
     return {
-        "name": outcome.name, "counts": outcome.counts, "hypervolume": outcome.hypervolume,
+        "name": outcome.name, "counts": outcome.counts.as_dict(), "hypervolume": outcome.hypervolume,
         "reference_point": outcome.reference, "seconds": outcome.seconds, "aborted": outcome.aborted,
         "mlflow_parent_run_id": outcome.parent_run_id,
         "objectives": [{"metric": m, "direction": d} for m, d in outcome.front.objectives],
@@ -189,8 +189,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     c = outcome.counts
-    print(f"search '{args.name}' ({paths.journal}): {c['complete']} complete, {c['failed']} failed, "
-          f"{c['infeasible']} infeasible, {c['interrupted']} interrupted")
+    print(f"search '{args.name}' ({paths.journal}): {c.complete} complete, {c.failed} failed, "
+          f"{c.infeasible} infeasible, {c.interrupted} interrupted")
     print(f"hypervolume: {hv:.6g} (reference point {ref})" if hv is not None else "hypervolume: -")
     print("\nPareto front:\n" + format_table(front))
     if args.all:

@@ -15,10 +15,10 @@ from torch.utils.checkpoint import checkpoint
 
 from . import registry
 from .architecture import Architecture, block_config
-from .blocks import BlockConfig, PositionScheme, Task, inactive_parameters
+from .blocks import BlockConfig, Dims, PositionScheme, Task, inactive_parameters
 
-__all__ = ["Layer", "Transformer", "build_model", "build_task", "count_parameters", "count_active_parameters",
-           "count_flops_per_token", "meta_costs"]
+__all__ = ["Layer", "Transformer", "build_model", "build_task", "default_block", "position_of_mode", "no_position",
+           "count_parameters", "count_active_parameters", "count_flops_per_token", "meta_costs"]
 
 
 class Layer(nn.Module):
@@ -170,3 +170,32 @@ def meta_costs(arch: Architecture, task: Task, batch: torch.Tensor) -> dict[str,
         model = build_model(arch, task)
     return {"params": float(count_parameters(model)), "params_active": float(count_active_parameters(model)),
             "flops_per_token": count_flops_per_token(model, batch.to("meta"))}
+
+
+# --- picking blocks by what they are, not by name (the kit and the profile) -------------------------------
+def default_block(kind: str, **fields: Any) -> dict[str, Any]:
+    """The config (dict form, as in an Architecture) of the kind's default block, with those of ``fields`` it
+    has (``expansion=4`` applies to a feed-forward block with an ``expansion`` field and is dropped otherwise)."""
+    entry = registry.get(kind, registry.default(kind))
+    return {"type": entry.name, **{k: v for k, v in fields.items() if k in entry.config.model_fields}}
+
+
+def position_of_mode(mode: str, dims: Dims) -> str:
+    """The registered position scheme acting as ``mode`` with the fewest parameters (then by name): the one to
+    put beside an attention block that is being examined on its own."""
+    candidates = [e for e in registry.entries("position") if e.capabilities.position_mode == mode]
+    if not candidates:
+        raise registry.RegistryError(f"no registered position scheme acts as '{mode}'")
+
+    def size(entry: registry.Entry) -> int:
+        with torch.device("meta"):
+            return count_parameters(entry.cls(entry.config(), dims))
+
+    return min(candidates, key=lambda e: (size(e), e.name)).name
+
+
+def no_position(dims: Dims) -> PositionScheme:
+    """A built position scheme that adds no position information (mode ``none``)."""
+    name = position_of_mode("none", dims)
+    built: PositionScheme = registry.build("position", registry.get("position", name).config(), dims)
+    return built

@@ -166,7 +166,7 @@ class Registry:
             return self._defaults[kind]
         except KeyError:
             raise RegistryError(f"no default {kind} block is registered (one registers with `@register('{kind}', "
-                                "name, default=True)`); is the `nas` package installed?") from None
+                                "name, default=True)`); is the `nas-transformers` distribution installed?") from None
 
     # -- discovery -----------------------------------------------------------------------------------
     def load_plugins(self, modules: Iterable[str] = ()) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DTYPES", "pick_device", "seed_everything", "autocast", "loss_fn"]
+__all__ = ["DTYPES", "pick_device", "device_name", "seed_everything", "autocast", "loss_fn"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -21,6 +21,17 @@ def pick_device(requested: str = "auto") -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+def device_name(device: torch.device, threads: int | None = None) -> str:
+    """How results name the device they were measured on: ``cuda (<GPU name>)`` or ``cpu (<processor>, N
+    threads)`` (``threads``: default torch's current intra-op thread count)."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    import platform
+
+    n = torch.get_num_threads() if threads is None else threads
+    return f"cpu ({platform.processor() or platform.machine()}, {n} threads)"
 
 
 def seed_everything(seed: int) -> None:

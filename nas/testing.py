@@ -69,16 +69,9 @@ def position_of_mode(mode: str) -> str:
     """The registered position scheme the checks build attention with for ``mode``: of the schemes acting that
     way, the one with the fewest parameters (then by name), so that the attention's own parameters are what
     the gradient check sees."""
-    dims = Dims(C, H, T, True, n_layers=2)
-    candidates = [e for e in registry.entries("position") if e.capabilities.position_mode == mode]
-    if not candidates:
-        raise registry.RegistryError(f"no registered position scheme acts as '{mode}'")
+    from .model import position_of_mode as pick
 
-    def size(entry: Entry) -> int:
-        with torch.device("meta"):
-            return sum(p.numel() for p in entry.cls(entry.config(), dims).parameters())
-
-    return min(candidates, key=lambda e: (size(e), e.name)).name
+    return pick(mode, Dims(C, H, T, True, n_layers=2))
 
 
 def universal_attention() -> Entry:
@@ -133,7 +126,8 @@ class Case:
 
 
 class _PositionProbe(nn.Module):
-    """A position scheme exercised end to end: embed, then full softmax attention with its rotary/bias hooks."""
+    """A position scheme exercised end to end: embed, then an attention that takes every position mode (the
+    default attention when it does), with its rotary/bias hooks."""
 
     def __init__(self, position: PositionScheme, dims: Dims):
         super().__init__()
@@ -400,7 +394,7 @@ class AttentionConformance(_ModuleConformance):
 
 
 class PositionConformance(_ModuleConformance):
-    """Every position scheme, exercised through full softmax attention (which takes every mode)."""
+    """Every position scheme, exercised through an attention that takes every mode (:func:`universal_attention`)."""
 
     kind = "position"
 
@@ -428,7 +422,7 @@ class CompressionConformance(_Conformance):
         """A 2-layer Transformer of each kind's default block (the built-ins: softmax, RoPE, LayerNorm, an MLP
         of expansion 2) on the default task's tiny config (16 positions), trained for 5 steps."""
         from .architecture import Architecture, LayerArch
-        from .model import build_model
+        from .model import build_model, default_block
         from .spec import TrainingConfig
         from .train import train
 
@@ -436,13 +430,10 @@ class CompressionConformance(_Conformance):
         task_entry = registry.get("task", registry.default("task"))
         task = registry.build("task", task_entry.cls.tiny_config(T))
 
-        def default(kind: str, **fields: Any) -> dict[str, Any]:
-            entry = registry.get(kind, registry.default(kind))
-            return {"type": entry.name, **{k: v for k, v in fields.items() if k in entry.config.model_fields}}
-
-        layer = LayerArch(attention=default("attention"), norm=default("norm"), ffn=default("ffn", expansion=2))
-        arch = Architecture(d_model=C, n_heads=H, n_layers=2, norm_placement="pre", position=default("position"),
-                            layers=[layer] * 2)
+        layer = LayerArch(attention=default_block("attention"), norm=default_block("norm"),
+                          ffn=default_block("ffn", expansion=2))
+        arch = Architecture(d_model=C, n_heads=H, n_layers=2, norm_placement="pre",
+                            position=default_block("position"), layers=[layer] * 2)
         torch.manual_seed(seed)
         model = build_model(arch, task)
         train(model, task, TrainingConfig(steps=5, batch_size=4), torch.device("cpu"))

@@ -20,6 +20,7 @@ from .spec import DistillConfig, ScheduleConfig, TrainingConfig, teacher_files
 
 __all__ = ["TrainResult", "NonFiniteLoss", "train", "make_optimizer", "lr_factor", "distill_loss", "load_teacher"]
 
+
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; the trial stops with this as its reason."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import platform
 import time
 import traceback
 from collections.abc import Callable
@@ -22,16 +21,9 @@ from . import kernels, registry
 from .architecture import Architecture, block_config
 from .blocks import Compression, Task, block_stats, reset_stats
 from .measure import METHOD, inference_memory, measure_latency, train_step_memory
-from .model import (
-    Transformer,
-    build_model,
-    build_task,
-    count_active_parameters,
-    count_flops_per_token,
-    count_parameters,
-    meta_costs,
-)
-from .runtime import pick_device, seed_everything
+from .model import (Transformer, build_model, build_task, count_active_parameters, count_flops_per_token,
+                    count_parameters, meta_costs)
+from .runtime import device_name, pick_device, seed_everything
 from .spec import Spec
 from .train import NonFiniteLoss, train
 
@@ -82,7 +74,7 @@ def execute_trial(spec: Spec, arch: Architecture, on_log: Callable[[int, float],
     """:func:`run_trial`, and the trained model with it when ``keep_model`` (for saving its weights)."""
     registry.load_plugins(spec.plugins)
     device = pick_device(spec.training.device)
-    info: dict[str, Any] = {"device": _device_name(device), "torch": torch.__version__, "method": METHOD}
+    info: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__, "method": METHOD}
     metrics: dict[str, float] = {}
     curve: list[tuple[int, float]] = []
     status: Status = "ok"
@@ -201,9 +193,3 @@ def model_bytes(model: torch.nn.Module) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0] if text else ""
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

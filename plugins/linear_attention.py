@@ -14,12 +14,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from nas_plugins._common import fp32_region
-from nas_plugins.attention import HeadAttention
 from pydantic import Field
 from torch import nn
 
 from nas import BlockConfig, Capabilities, Dims, PositionScheme, kernels, register
+from nas_plugins._common import fp32_region
+from nas_plugins.attention import HeadAttention
 
 ABSOLUTE_POSITIONS = frozenset({"none", "embedding"})
 EPS = 1e-6  # keeps the normaliser positive when every feature underflows

@@ -11,11 +11,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from nas_plugins._common import fp32_region
 from pydantic import Field
 from torch import nn
 
 from nas import BlockConfig, Capabilities, Dims, PositionScheme, register
+from nas_plugins._common import fp32_region
 
 
 @register("attention", "mamba")

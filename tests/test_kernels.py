@@ -333,9 +333,8 @@ def test_cuda_triton_rmsnorm_matches_torch(dtype, tol):
 
 @cuda
 def test_cuda_triton_linear_attention_matches_reference():
-    from nas_plugins.linear_attention import EPS, causal_linear_attention
-
     from nas.kernels._linear import causal_linear_attention_triton
+    from nas_plugins.linear_attention import EPS, causal_linear_attention
 
     q, k = (torch.rand(2, 4, 1000, 64, device="cuda", requires_grad=True) for _ in range(2))
     v = torch.randn(2, 4, 1000, 32, device="cuda", requires_grad=True)

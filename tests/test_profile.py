@@ -12,16 +12,8 @@ import torch
 
 from nas import registry
 from nas.cli import main
-from nas.profile import (
-    ProfileSettings,
-    activation_formula,
-    expected_exponents,
-    fit_power_law,
-    format_report,
-    korthikanti_bytes,
-    run_profile,
-    write_outputs,
-)
+from nas.profile import (ProfileSettings, activation_formula, expected_exponents, fit_power_law, format_report,
+                         korthikanti_bytes, run_profile, write_outputs)
 
 TINY = dict(seq_lens=[32, 64, 128], warmup=1, repeats=2, layer_seq_lens=[64, 128])
 

@@ -175,12 +175,12 @@ def test_every_registered_block_declares_a_strict_config(entry):
 # --- discovery --------------------------------------------------------------------------------------------
 def test_builtins_are_registered_with_provider_nas():
     registry.load_plugins()
-    version = importlib.metadata.version("nas")
+    version = importlib.metadata.version("nas-transformers")  # the distribution's name (import package: nas)
     for kind, names in BUILTINS.items():
         assert names <= set(registry.names(kind)), kind
         for name in names:
             entry = registry.get(kind, name)
-            assert (entry.provider, entry.version) == ("nas", version), (kind, name)
+            assert (entry.provider, entry.version) == ("nas-transformers", version), (kind, name)
             assert entry.cls.__module__.startswith("nas_plugins."), (kind, name)
 
 

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 import torch
-from nas_plugins.tasks import mqar_examples
 
 from nas.cli import sample_one
 from nas.spec import SpecError, load_spec
 from nas.trial import run_trial
+from nas_plugins.tasks import mqar_examples
 
 
 # --- MQAR ---------------------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def test_cli_plugins_json(capsys):
     by_key = {(r["kind"], r["name"]): r for r in rows}
     assert len(by_key) == len(rows) == len(registry.entries())
     softmax = by_key[("attention", "softmax")]
-    assert softmax["provider"] == "nas"
+    assert softmax["provider"] == "nas-transformers"
     assert softmax["parameters"]["dropout"]["default"] == 0.0
     assert softmax["capabilities"]["causal"] is True and "rotary" in softmax["capabilities"]["positions"]
     assert by_key[("position", "rope")]["capabilities"]["position_mode"] == "rotary"
@@ -212,7 +212,7 @@ def test_cli_plugins_in_a_fresh_process():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     providers = {r["name"]: r["provider"] for r in json.loads(proc.stdout)}
-    assert providers["softmax"] == "nas" and providers["cosine"] == "nas-example-plugin"
+    assert providers["softmax"] == "nas-transformers" and providers["cosine"] == "nas-example-plugin"
 
 
 def test_cli_usage_error_exits_2(capsys):

@@ -29,18 +29,8 @@ The Triton kernels (:mod:`nas.kernels._rmsnorm`, :mod:`nas.kernels._linear`) imp
 
 from __future__ import annotations
 
-from ._dispatch import (
-    POLICIES,
-    current_policy,
-    flex,
-    linear_attention,
-    policy,
-    record,
-    rms_norm,
-    sdpa,
-    sdpa_backend,
-    used,
-)
+from ._dispatch import (POLICIES, current_policy, flex, linear_attention, policy, record, rms_norm, sdpa, sdpa_backend,
+                        used)
 from ._flex import Pattern, alibi_score_mod, bias_score_mod, block_sparse, causal, flex_available, sliding_window
 from ._triton import INSTALL_HINT, interpreting, triton_importable, triton_runs_on
 

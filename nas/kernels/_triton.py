@@ -6,7 +6,8 @@ import os
 
 import torch
 
-INSTALL_HINT = "Triton is not installed; `pip install 'nas[triton]'` (or `pip install triton`) to use the fused kernels"
+INSTALL_HINT = ("Triton is not installed; `pip install 'nas-transformers[triton]'` (or `pip install triton`) to use "
+                "the fused kernels")
 
 
 _importable: bool | None = None  # a plain global, so that torch.compile reads it as a constant after the probe

@@ -25,14 +25,8 @@ from ``max_memory_allocated``, as in :mod:`nas.measure`.
 
 from .analysis import activation_formula, expected_exponents, fit_power_law, fit_rows, korthikanti_bytes
 from .output import format_report, log_to_mlflow, write_outputs
-from .sweep import (
-           ProfileReport,
-           ProfileSettings,
-           layer_activation_memory,
-           measure_point,
-           profile_attention,
-           run_profile,
-)
+from .sweep import (ProfileReport, ProfileSettings, layer_activation_memory, measure_point, profile_attention,
+                    run_profile)
 
 __all__ = ["ProfileReport", "ProfileSettings", "activation_formula", "expected_exponents", "fit_power_law", "fit_rows",
            "format_report", "korthikanti_bytes", "layer_activation_memory", "log_to_mlflow", "measure_point",

@@ -80,7 +80,6 @@ def expected_exponents(name: str, cls: type, kernel: str | None) -> dict[str, An
     return {"time": time_exp, "time_why": why, "memory": mem, "memory_why": mem_why}
 
 
-
 def fit_rows(name: str, rows: list[dict[str, Any]], fit_from: int | None) -> dict[str, Any]:
     """Fitted time and memory exponents of one type's measured rows, beside the analytical expectation."""
     ok = [r for r in rows if r["status"] == "ok"]

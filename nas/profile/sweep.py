@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -16,8 +15,11 @@ import torch
 from torch import nn
 
 from .. import registry
+from ..architecture import block_config
 from ..blocks import Dims
 from ..measure import allocation_trace, measure_latency, sync, timed, working_peak
+from ..model import default_block, no_position
+from ..runtime import device_name
 from .analysis import activation_formula, fit_rows, korthikanti_bytes
 
 __all__ = ["ProfileSettings", "ProfileReport", "measure_point", "profile_attention", "layer_activation_memory",
@@ -142,21 +144,9 @@ def _available_bytes(device: torch.device) -> float:
         return math.inf
 
 
-def _device_label(device: torch.device, threads: int) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.machine()}, {threads} threads)"
-
-
-def _no_position(dims: Dims) -> nn.Module:
-    """A position scheme that adds nothing (mode ``none``): attention is profiled on its own."""
-    entry = next(e for e in registry.entries("position") if e.capabilities.position_mode == "none")
-    return registry.build("position", entry.config(), dims)
-
-
 def _build(name: str, dims: Dims) -> nn.Module:
     entry = registry.get("attention", name)
-    return registry.build("attention", entry.config(), dims, _no_position(dims))
+    return registry.build("attention", entry.config(), dims, no_position(dims))
 
 
 def _forward_flops(name: str, dims: Dims, batch: int, T: int) -> float | None:
@@ -232,7 +222,6 @@ def profile_attention(name: str, s: ProfileSettings, device: torch.device, threa
     return rows, notes
 
 
-
 # -- one layer's activation memory ------------------------------------------------------------------------------
 #: The feed-forward settings of Korthikanti et al.'s layer, applied where the default ffn block has such fields.
 _KORTHIKANTI_FFN = {"expansion": 4, "activation": "gelu"}
@@ -243,11 +232,10 @@ def _layer(dims: Dims) -> nn.Module:
     MLP, LayerNorm), the MLP at 4h with GELU."""
     from ..model import Layer
 
-    position = _no_position(dims)
+    position = no_position(dims)
 
     def build(kind: str, **fields: Any) -> nn.Module:
-        entry = registry.get(kind, registry.default(kind))
-        config = entry.config(**{k: v for k, v in fields.items() if k in entry.config.model_fields})
+        config = block_config(kind, default_block(kind, **fields))
         return registry.build(kind, config, dims, *((position,) if kind == "attention" else ()))
 
     return Layer(attention=build("attention"), ffn=build("ffn", **_KORTHIKANTI_FFN), norm_attn=build("norm"),
@@ -345,7 +333,7 @@ def run_profile(s: ProfileSettings, log: Callable[[str], None] = lambda m: None)
     for r in rows:
         if r["status"] != "ok":
             notes.append(f"{r['attention']} T={r['seq_len']}: {r['status']}: {r['reason']}")
-    return ProfileReport(settings=asdict(s), device=_device_label(device, threads), torch=torch.__version__,
+    return ProfileReport(settings=asdict(s), device=device_name(device, threads), torch=torch.__version__,
                          rows=rows, fits=fits, layer=layer_rows, notes=_dedupe(notes),
                          seconds=time.perf_counter() - started)
 

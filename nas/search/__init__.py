@@ -1,7 +1,6 @@
 """The search: Optuna ask/tell in the driver, trials as Ray tasks, results to MLflow.
 
 * :mod:`nas.search.store`       where a search lives on disk, and its study (the journal: the source of truth)
-* :mod:`nas.search.samplers`    the Optuna sampler a spec names
 * :mod:`nas.search.policy`      ask/tell: what to try next, and what a finished trial counts as
 * :mod:`nas.search.executor`    trials as Ray tasks (worker side and driver side)
 * :mod:`nas.search.reconcile`   recovery on start after a driver that died
@@ -11,18 +10,10 @@
 * :mod:`nas.search.controller`  composes the parts: :func:`run_search`
 """
 
+from ..spec import make_sampler  # the sampler a spec names, built where the spec is checked
 from .controller import Controller, SearchOutcome, format_outcome, run_search
-from .samplers import make_sampler
-from .store import (
-                    SearchAborted,
-                    SearchPaths,
-                    StudyStore,
-                    count_trials,
-                    load_study,
-                    natural_reference,
-                    study_front,
-                    study_rows,
-)
+from .store import (SearchAborted, SearchPaths, StudyStore, count_trials, load_study, natural_reference, study_front,
+                    study_rows)
 
 __all__ = ["Controller", "SearchAborted", "SearchOutcome", "SearchPaths", "StudyStore", "count_trials",
            "format_outcome", "load_study", "make_sampler", "natural_reference", "run_search", "study_front",

@@ -28,14 +28,13 @@ from typing import TYPE_CHECKING, Any
 from .. import registry
 from ..architecture import Architecture
 from ..report import Front, TrialRow, format_table, write_front
-from ..spec import LoadedSpec, objective_directions
+from ..spec import LoadedSpec, make_sampler, objective_directions
 from .executor import RayExecutor, TrialOutput
 from .fronts import FrontKeeper
 from .live import LiveView
 from .policy import AskTell
 from .reconcile import reconcile
-from .samplers import make_sampler
-from .store import Counts, SearchAborted, SearchPaths, StudyStore, study_front
+from .store import Counts, SearchAborted, SearchPaths, StudyStore, WeightStore, study_front
 from .tracking import SearchTracker
 
 if TYPE_CHECKING:
@@ -75,6 +74,7 @@ class Controller:
         self.address = address if address is not None else self.spec.search.address
         self.objectives = objective_directions(self.spec)
         self.view = LiveView(self.objectives, self.spec.search.n_trials, live)
+        self.weights = WeightStore(self.paths)
 
     def run(self) -> SearchOutcome:
         started = time.perf_counter()
@@ -122,14 +122,14 @@ class Controller:
 
     def _collect(self, policy: AskTell, tracker: SearchTracker, fronts: FrontKeeper, job: RunningTrial,
                  output: TrialOutput) -> None:
-        result = output.result
+        result, number = output.result, job.trial.number
+        if result.status == "ok" and output.weights is not None:  # before the journal says COMPLETE
+            self.weights.save(number, output.weights, job.arch.model_dump_json(indent=2))
         told = policy.tell(job.trial, result)
-        if told.status == "ok" and output.weights is not None:
-            self.paths.weights.mkdir(parents=True, exist_ok=True)
-            (self.paths.weights / f"trial_{job.trial.number}.safetensors").write_bytes(output.weights)
-            (self.paths.weights / f"trial_{job.trial.number}.json").write_text(job.arch.model_dump_json(indent=2))
+        if told.status != "ok":  # a non-finite objective: failed after all
+            self.weights.discard(number)
         tracker.finish_trial(job.run_id, told.status, result.metrics, told.reason, result.curve, result.info)
-        self.view.trial(job.trial.number, job.arch.summary(), told, result)
+        self.view.trial(number, job.arch.summary(), told, result)
         if told.status == "ok":
             fronts.update()
         policy.check_failures()
@@ -157,15 +157,11 @@ class Controller:
                              tracker.parent_id, self.paths, aborted)
 
     def _log_model(self, tracker: SearchTracker, row: TrialRow) -> None:
-        weights = self.paths.weights / f"trial_{row.number}.safetensors"
-        if row.run_id is None or not weights.exists():
+        if row.run_id is None:
             return
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            (folder / "weights.safetensors").write_bytes(weights.read_bytes())
-            (folder / "architecture.json").write_text((self.paths.weights / f"trial_{row.number}.json").read_text())
-            (folder / "space.yaml").write_text(self.source.read_text())
-            tracker.log_model(row.run_id, folder)
+            if self.weights.model_folder(row.number, Path(tmp), self.source.read_text()):
+                tracker.log_model(row.run_id, Path(tmp))
 
 
 def _plugin_list() -> list[dict[str, str]]:
@@ -181,8 +177,8 @@ def run_search(loaded: LoadedSpec, root: Path | None = None, address: str | None
 def format_outcome(outcome: SearchOutcome) -> str:
     c = outcome.counts
     lines = [
-        f"search '{outcome.name}': {c['complete']} complete, {c['failed']} failed, {c['infeasible']} infeasible, "
-        f"{c['interrupted']} interrupted (re-run) in {outcome.seconds:.0f} s",
+        f"search '{outcome.name}': {c.complete} complete, {c.failed} failed, {c.infeasible} infeasible, "
+        f"{c.interrupted} interrupted (re-run) in {outcome.seconds:.0f} s",
         f"hypervolume {outcome.hypervolume:.6g} (reference point {outcome.reference})"
         if outcome.hypervolume is not None else "hypervolume: not enough trials yet",
         "",

@@ -65,7 +65,6 @@ class Told:
 
     status: Status
     reason: str | None
-    values: list[float] | None  # the objective values of an ok trial
 
 
 class AskTell:
@@ -74,8 +73,7 @@ class AskTell:
     def __init__(self, spec: Spec, store: StudyStore, objectives: list[tuple[str, str]]):
         self.spec, self.store, self.objectives = spec, store, objectives
         counts = store.counts()
-        self.progress = Progress(done=counts["complete"] + counts["failed"], failed=counts["failed"],
-                                 infeasible=counts["infeasible"])
+        self.progress = Progress(done=counts.finished, failed=counts.failed, infeasible=counts.infeasible)
         self._sizing: tuple[Task, "torch.Tensor"] | None = None  # (task, example input) for max_params checks
 
     @property
@@ -143,7 +141,7 @@ class AskTell:
         else:
             self.store.study.tell(trial, state=TrialState.FAIL)
             self._count("failed")
-        return Told(status, reason, values)
+        return Told(status, reason)
 
     def interrupt(self, trial: "optuna.trial.Trial", reason: str) -> None:
         """A trial that will not finish in this process: FAIL it as interrupted and enqueue it again."""

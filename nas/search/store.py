@@ -1,13 +1,15 @@
 """Where a search lives on disk, and its Optuna study: the journal file that is the source of truth.
 
-Only Optuna's public API is used. A trial left RUNNING by a process that died can only be failed through
-the storage, so :class:`StudyStore` keeps the ``JournalStorage`` it opened and calls its public
-``BaseStorage`` methods (``get_trial_id_from_study_id_trial_number``, ``set_trial_user_attr``,
-``set_trial_state_values``): Optuna's ``Study`` offers no public way to reach a trial it did not hand out.
+Only Optuna's public API is used. A trial left RUNNING by a process that died must be marked ``interrupted``
+(with its reason) before it is failed, and ``Study`` offers no public way to set user attributes on a trial it
+did not hand out in this process; so :class:`StudyStore` keeps the ``JournalStorage`` it opened and calls its
+public ``BaseStorage`` methods (``get_trial_id_from_study_id_trial_number``, ``set_trial_user_attr``,
+``set_trial_state_values``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.storages import JournalStorage
 
-__all__ = ["SearchPaths", "StudyStore", "Counts", "load_study", "study_rows", "study_front", "count_trials",
-           "natural_reference", "SearchAborted"]
+__all__ = ["SearchPaths", "StudyStore", "WeightStore", "Counts", "load_study", "study_rows", "study_front",
+           "count_trials", "natural_reference", "SearchAborted"]
 
 
 class SearchAborted(RuntimeError):
@@ -51,8 +53,51 @@ class SearchPaths:
         return self.root / "fronts" / self.name
 
 
-Counts = dict[str, int]
-"""``complete``, ``failed``, ``interrupted`` (re-run, never counted) and ``infeasible`` trials."""
+@dataclass(frozen=True)
+class Counts:
+    """The trials of a study by outcome. ``interrupted`` ones are re-run and never count towards ``n_trials``."""
+
+    complete: int = 0
+    failed: int = 0
+    interrupted: int = 0
+    infeasible: int = 0
+
+    @property
+    def finished(self) -> int:
+        """What counts towards ``n_trials``: complete and failed trials."""
+        return self.complete + self.failed
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+class WeightStore:
+    """The trained weights of a search's ok trials: ``trial_N.safetensors`` with ``trial_N.json`` (its
+    architecture) beside it, under ``<root>/weights/<name>``. Written before the journal records the trial, so a
+    COMPLETE trial always has its weights."""
+
+    def __init__(self, paths: SearchPaths):
+        self.folder = paths.weights
+
+    def save(self, number: int, weights: bytes, arch_json: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"trial_{number}.safetensors").write_bytes(weights)
+        (self.folder / f"trial_{number}.json").write_text(arch_json)
+
+    def discard(self, number: int) -> None:
+        for suffix in (".safetensors", ".json"):
+            (self.folder / f"trial_{number}{suffix}").unlink(missing_ok=True)
+
+    def model_folder(self, number: int, folder: Path, space_yaml: str) -> bool:
+        """Lay out trial ``number``'s saved model in ``folder`` (weights, architecture, the space it came from);
+        False when there are no weights for it."""
+        weights = self.folder / f"trial_{number}.safetensors"
+        if not weights.exists():
+            return False
+        (folder / "weights.safetensors").write_bytes(weights.read_bytes())
+        (folder / "architecture.json").write_text((self.folder / f"trial_{number}.json").read_text())
+        (folder / "space.yaml").write_text(space_yaml)
+        return True
 
 
 def _journal(paths: SearchPaths) -> "JournalStorage":
@@ -90,7 +135,6 @@ class StudyStore:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.paths = paths
         self.storage = _journal(paths)
         self.study = optuna.create_study(study_name=spec.name, storage=self.storage, sampler=sampler,
                                          directions=[cast(Any, d) for _, d in objectives], load_if_exists=True)
@@ -133,7 +177,7 @@ def count_trials(study: "optuna.Study") -> Counts:
             c["interrupted" if t.user_attrs.get("interrupted") else "failed"] += 1
         elif t.state == TrialState.PRUNED:
             c["infeasible"] += 1
-    return c
+    return Counts(**c)
 
 
 def study_rows(study: "optuna.Study") -> list[TrialRow]:

@@ -3,7 +3,6 @@ directions). Each returns :class:`~nas.spec.errors.Problem` values located by YA
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 from typing import Any
@@ -13,17 +12,7 @@ from pydantic import ValidationError
 from .. import registry
 from ..registry import did_you_mean
 from .errors import Problem, YamlPath
-from .schema import (
-    BLOCK_KINDS,
-    MEASURED_METRICS,
-    SAMPLERS,
-    BlockSpace,
-    FloatRange,
-    IntRange,
-    ModelSpace,
-    Objective,
-    Spec,
-)
+from .schema import (BLOCK_KINDS, MEASURED_METRICS, BlockSpace, FloatRange, IntRange, ModelSpace, Objective, Spec)
 
 __all__ = ["values", "partial_checks", "check_model", "check_objectives", "check_semantics", "usable_blocks",
            "check_search", "objective_directions", "Usable"]
@@ -167,13 +156,12 @@ def usable_blocks(spec: Spec, device: str | None = None) -> tuple[Usable, list[P
 
 def check_search(spec: Spec) -> list[Problem]:
     """The sampler must accept its options; a reference point must name each objective."""
-    import optuna
+    from .sampler import make_sampler
 
     problems = []
-    sampler = getattr(optuna.samplers, SAMPLERS[spec.search.sampler.type])
-    try:  # the options bound to the constructor's signature, as the search will pass them
-        inspect.signature(sampler).bind(seed=spec.search.seed, **spec.search.sampler.options)
-    except TypeError as exc:
+    try:  # built as the search will build it: unknown options and refused values both show here
+        make_sampler(spec)
+    except (TypeError, ValueError) as exc:
         problems.append(Problem(("search", "sampler", "options"), f"not accepted by the {spec.search.sampler.type} "
                                 f"sampler: {exc}"))
     ref = spec.search.reference_point

@@ -41,8 +41,6 @@ class SpecError(ValueError):
         super().__init__("\n".join(p.format(source) for p in problems))
 
 
-
-
 def _data_path(loc: tuple[str | int, ...], data: Any) -> YamlPath:
     """Map a pydantic error location onto the path in the data, skipping union-member tags.
 

@@ -67,7 +67,6 @@ def load_spec(path: str | Path, device: str | None = None) -> LoadedSpec:
     return LoadedSpec(spec, locs, warnings, text)
 
 
-
 def spec_from_data(data: dict[str, Any], plugins: list[str] | tuple[str, ...] = ()) -> Spec:
     """A spec that was already validated elsewhere (sent to a Ray worker as JSON): load the plugins it names
     in this process, then validate it again here."""

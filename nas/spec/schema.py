@@ -315,7 +315,8 @@ def _union(kind: str, space: bool) -> Any:
         for e in registry.entries(kind)
     ]
     if not models:
-        raise registry.RegistryError(f"no {kind} blocks are registered; is the `nas` package installed?")
+        raise registry.RegistryError(f"no {kind} blocks are registered; is the `nas-transformers` distribution "
+                                     "installed?")
     if len(models) == 1:
         return models[0]
     return Annotated[Union[tuple(models)], Field(discriminator="type")]

@@ -1,10 +1,11 @@
-"""The Optuna sampler a spec names (``search.sampler``)."""
+"""The Optuna sampler a spec names (``search.sampler``): built here, where the spec is checked, so that options
+a sampler refuses are reported by ``nas validate`` with their line, and by the search the same way."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..spec import SAMPLERS, Spec
+from .schema import SAMPLERS, Spec
 
 if TYPE_CHECKING:
     import optuna
