@@ -155,3 +155,60 @@ def test_merge_keys_are_resolved():
           seed: 3
         """)
     assert data["run"] == {"lr": 0.1, "steps": 5, "seed": 3}
+
+
+# --- hostile input is bounded: each refused quickly, with the limit named ---------------------------------------
+def _bomb(levels: int = 9) -> str:
+    """A "billion laughs" document: each level repeats the previous one 9 times (9**levels values)."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_in_well_under_a_second():
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(YamlError, match=r"more than 50000 values once aliases are expanded"):
+        yamlio.loads(_bomb())
+    assert time.perf_counter() - started < 1.0  # not a speed goal: the old loader ran 53 s, then ran out of memory
+
+
+def test_aliases_within_the_budget_still_work():
+    data, _ = yamlio.loads(_bomb(levels=3))
+    assert len(data["l2"]) == 9 and data["l2"][0][0] == ["x"] * 9
+
+
+def test_deep_nesting_is_refused_with_the_line_not_a_recursion_error():
+    with pytest.raises(YamlError, match="nested more than 64 levels deep") as info:
+        yamlio.loads("a: 1\nb: " + "[" * 10_000 + "]" * 10_000 + "\n")
+    assert info.value.line == 2
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "big.yaml"
+    path.write_text("name: x\n" + "# padding\n" * 2000)
+    monkeypatch.setenv("NAS_MAX_SPEC_BYTES", "1000")
+    with pytest.raises(YamlError, match=r"may be at most 0.0 MiB \(set NAS_MAX_SPEC_BYTES"):
+        yamlio.load(path)
+    monkeypatch.delenv("NAS_MAX_SPEC_BYTES")
+    assert yamlio.load(path)[0] == {"name": "x"}
+
+
+def test_a_file_that_is_not_utf8_names_the_byte_and_where(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: ok\ntask: {type: caf\u00e9}\n".encode("latin-1"))
+    with pytest.raises(YamlError, match=r"not UTF-8: byte 0xe9 at line 2, column 17") as info:
+        yamlio.load(path)
+    assert info.value.line == 2
+
+
+def test_the_cli_refuses_hostile_files_with_exit_2_and_the_file_named(tmp_path, capsys):
+    from nas.cli import main
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb())
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:1:" in err and "alias bomb" in err

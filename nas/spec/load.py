@@ -29,9 +29,11 @@ def load_spec(path: str | Path, device: str | None = None) -> LoadedSpec:
     """Read, validate and check one search-space file; raise :class:`SpecError` listing every problem."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = yamlio.read_text(path)
     except OSError as exc:
         raise SpecError(source, [Problem((), f"cannot read file: {exc.strerror}")]) from None
+    except yamlio.YamlError as exc:
+        raise SpecError(source, [Problem((), str(exc), exc.line)]) from None
     try:
         data, locs = yamlio.loads(text, source)
     except yamlio.YamlError as exc:
