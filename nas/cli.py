@@ -1,4 +1,6 @@
-"""The ``nas`` command. Exit codes: 0 success, 1 a trial or run failed, 2 bad input (file, flag, plugin)."""
+"""The ``nas`` command. Exit codes: 0 success; 1 a trial or search failed (a search fails when it aborts or every
+finished trial failed); 2 bad input (file, flag, plugin) or a refused search (locked, or resumed with another
+space); 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM."""
 
 from __future__ import annotations
 
@@ -137,14 +139,18 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 # --- nas search / show / ui ----------------------------------------------------------------------
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import SearchAborted, SearchPaths, format_outcome, run_search
+    from .search import SearchAborted, SearchPaths, SearchRefused, format_outcome, run_search
 
     loaded = _load(args.space)
     root = Path(args.dir or loaded.spec.search.dir)
     if args.resume and not SearchPaths(root, loaded.spec.name).journal.exists():
         raise UsageError(f"--resume: no search named '{loaded.spec.name}' under {root} to resume")
     try:
-        outcome = run_search(loaded, root=root, address=args.address, live=not args.quiet)
+        outcome = run_search(loaded, root=root, address=args.address, live=not args.quiet,
+                             tracking_uri=args.tracking_uri)
+    except SearchRefused as exc:  # another process holds the search, or its stored space differs
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except SearchAborted as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -152,7 +158,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(_outcome_json(outcome), indent=2))
     else:
         print(format_outcome(outcome))
-    return EXIT_FAILED if outcome.aborted else 0
+    return outcome.exit_code
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:
@@ -161,7 +167,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
     return {
         "name": outcome.name, "counts": outcome.counts.as_dict(), "hypervolume": outcome.hypervolume,
         "reference_point": outcome.reference, "seconds": outcome.seconds, "aborted": outcome.aborted,
-        "mlflow_parent_run_id": outcome.parent_run_id,
+        "mlflow_parent_run_id": outcome.parent_run_id, "stopped_by": outcome.signal, "notes": list(outcome.notes),
         "objectives": [{"metric": m, "direction": d} for m, d in outcome.front.objectives],
         "front": [dataclasses.asdict(r) for r in outcome.front.pareto],
         "pair_fronts": outcome.front.pair_fronts,
@@ -327,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "run resumes one anyway)")
     p.add_argument("--address", help="Ray cluster address (overrides search.address); default: local Ray")
     p.add_argument("--dir", help="root of the study, MLflow store and artifacts (overrides search.dir)")
+    p.add_argument("--tracking-uri", help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else "
+                   "DIR/mlflow.db); the search goes on when it is unreachable and fills it in when it is back")
     p.add_argument("--quiet", action="store_true", help="no live progress, only the final front")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(fn=cmd_search)

@@ -22,16 +22,18 @@ def tracking_uri(root: Path) -> str:
     return f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
-def open_experiment(root: Path, name: str) -> tuple["MlflowClient", str]:
-    """A client of the store under ``root`` and the id of experiment ``name`` (created, with its artifacts
-    under ``root/mlartifacts``, when it does not exist yet)."""
+def open_experiment(root: Path, name: str, uri: str | None = None) -> tuple["MlflowClient", str]:
+    """A client of the store at ``uri`` (default: the SQLite file under ``root``) and the id of experiment
+    ``name``, created when it does not exist yet (with its artifacts under ``root/mlartifacts`` for the local
+    store; a server keeps them where it is configured to)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri(root))
+    local = uri is None or uri == tracking_uri(root)
+    client = MlflowClient(tracking_uri=uri or tracking_uri(root))
     found = client.get_experiment_by_name(name)
     if found is not None:
         return client, found.experiment_id
-    artifacts = (root / "mlartifacts").resolve().as_uri()
+    artifacts = (root / "mlartifacts").resolve().as_uri() if local else None
     return client, client.create_experiment(name, artifact_location=artifacts)
 
 

@@ -332,7 +332,7 @@ def test_resuming_a_search_with_a_different_space_is_refused(e2e):
     text = (e2e["cwd"] / "space.yaml").read_text().replace("d_model: [16, 32]", "d_model: [16, 64]")
     (e2e["cwd"] / "changed.yaml").write_text(text)
     code, out, err = run_cli(e2e["cwd"], "search", "changed.yaml", "--quiet")
-    assert code == 1
+    assert code == 2  # a refused search is bad input (issue 11: it used to exit 1)
     assert "already exists" in err and "different space" in err and "name:" in err
     assert states(load_study(e2e["root"], "e2e")) == {"COMPLETE": 6}
 

@@ -12,9 +12,9 @@
 
 from ..spec import make_sampler  # the sampler a spec names, built where the spec is checked
 from .controller import Controller, SearchOutcome, format_outcome, run_search
-from .store import (SearchAborted, SearchPaths, StudyStore, count_trials, load_study, natural_reference, study_front,
-                    study_rows)
+from .store import (SearchAborted, SearchPaths, SearchRefused, StudyStore, count_trials, load_study,
+                    natural_reference, study_front, study_rows)
 
-__all__ = ["Controller", "SearchAborted", "SearchOutcome", "SearchPaths", "StudyStore", "count_trials",
+__all__ = ["Controller", "SearchAborted", "SearchRefused", "SearchOutcome", "SearchPaths", "StudyStore", "count_trials",
            "format_outcome", "load_study", "make_sampler", "natural_reference", "run_search", "study_front",
            "study_rows"]

@@ -19,7 +19,9 @@ failed ones (exception, NaN, out of memory) do.
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from .fronts import FrontKeeper
 from .live import LiveView
 from .policy import AskTell
 from .reconcile import reconcile
-from .store import Counts, SearchAborted, SearchPaths, StudyStore, WeightStore, study_front
+from .store import Counts, SearchAborted, SearchLock, SearchPaths, StudyStore, WeightStore, study_front
 from .tracking import SearchTracker
 
 if TYPE_CHECKING:
@@ -43,12 +45,50 @@ if TYPE_CHECKING:
 __all__ = ["Controller", "RunningTrial", "SearchOutcome", "run_search", "format_outcome"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunningTrial:
     trial: "optuna.trial.Trial"
     arch: Architecture
-    run_id: str
     started: float
+    attempt: int = 1  # runs again (attempt + 1) when its worker process dies, up to search.retries times
+
+
+class Stopped(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM (``kill``, systemd, a batch scheduler) asked the search to stop."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+class StopSignals:
+    """While the search loop runs, SIGINT and SIGTERM only note that a stop was asked for; the loop stops at
+    its next safe point (at most half a second later), never in the middle of a journal or MLflow write. A
+    second Ctrl-C interrupts at once. Signals can only be handled in the main thread; elsewhere nothing
+    changes."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C
+        self.requested = signal.Signals(signum).name
+
+    def check(self) -> None:
+        if self.requested is not None:
+            raise Stopped(self.requested)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 @dataclass(frozen=True)
@@ -62,63 +102,118 @@ class SearchOutcome:
     parent_run_id: str
     paths: SearchPaths
     aborted: str | None = None
+    signal: str | None = None  # "SIGINT" or "SIGTERM" when the search was stopped by one
+    notes: tuple[str, ...] = ()  # what the user should know (a repaired journal, MLflow offline...)
+
+    @property
+    def exit_code(self) -> int:
+        """0 done; 1 failed (aborted, or every finished trial failed); 130 / 143 stopped by SIGINT / SIGTERM."""
+        if self.signal is not None:
+            return 128 + {"SIGINT": 2, "SIGTERM": 15}[self.signal]
+        if self.aborted or (self.counts.failed and not self.counts.complete):
+            return 1
+        return 0
 
 
 class Controller:
     """Runs one search to completion (or to an abort), resumable from its journal at any point."""
 
-    def __init__(self, loaded: LoadedSpec, root: Path | None = None, address: str | None = None, live: bool = True):
+    def __init__(self, loaded: LoadedSpec, root: Path | None = None, address: str | None = None, live: bool = True,
+                 tracking_uri: str | None = None):
         self.spec = loaded.spec
         self.source = Path(loaded.locations.source)
         self.paths = SearchPaths(Path(root or self.spec.search.dir), self.spec.name)
         self.address = address if address is not None else self.spec.search.address
+        self.tracking_uri = tracking_uri
         self.objectives = objective_directions(self.spec)
         self.view = LiveView(self.objectives, self.spec.search.n_trials, live)
         self.weights = WeightStore(self.paths)
+        self.notes: list[str] = []
+
+    def _note(self, line: str) -> None:
+        self.notes.append(line)
+        self.view.say(line)
 
     def run(self) -> SearchOutcome:
-        started = time.perf_counter()
+        """Run under the search's lock: a second process on the same search is refused (:class:`SearchRefused`)."""
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        store = StudyStore(self.spec, self.paths, self.objectives, make_sampler(self.spec), self.source.read_text())
-        tracker = SearchTracker(self.paths.root, experiment=self.spec.name)
-        parent_id = tracker.start_search(self.spec.name, self.spec, self.source, _plugin_list(),
-                                         store.study.user_attrs.get("mlflow_parent_run_id"))
-        store.study.set_user_attr("mlflow_parent_run_id", parent_id)
-        lost = reconcile(store, tracker)
+        lock = SearchLock(self.paths)
+        lock.acquire()
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> SearchOutcome:
+        started = time.perf_counter()
+        store = StudyStore(self.spec, self.paths, self.objectives, lambda n: make_sampler(self.spec, resumed_after=n),
+                           self.source.read_text())
+        if store.repaired:
+            self._note(f"warning: {store.repaired}")
+        tracker = SearchTracker(self.paths.root, self.spec.name, self.tracking_uri, say=self._note)
+        tracker.start_search(self.spec.name, self.spec, self.source, _plugin_list(),
+                             store.study.user_attrs.get("mlflow_parent_run_id"))
+        if tracker.parent_id:
+            store.study.set_user_attr("mlflow_parent_run_id", tracker.parent_id)
+        lost = reconcile(store)
         if lost:
             self.view.say(f"resumed: {lost} interrupted trial(s) will run again")
+        rebuilt = tracker.sync(store.study)
+        if rebuilt:
+            self._note(f"MLflow: {rebuilt} run(s) the store did not have were rebuilt from the study journal")
         policy = AskTell(self.spec, store, self.objectives)
         fronts = FrontKeeper(self.spec, self.objectives, store, tracker, self.view)
         fronts.update(log_all=True)
 
         executor = RayExecutor(self.spec, self.address)
         running: dict[Any, RunningTrial] = {}
-        aborted, status = None, "FINISHED"
+        aborted, status, stopped_by = None, "FINISHED", None
         n_trials, concurrency = self.spec.search.n_trials, self.spec.search.concurrency
+        stop = StopSignals()
         try:
+            stop.__enter__()
             while True:
+                stop.check()
                 while len(running) < concurrency and policy.progress.done + len(running) < n_trials:
+                    stop.check()
                     proposal = policy.ask()
                     if proposal is None:  # infeasible or unsampleable: nothing to run, try another
                         continue
-                    run_id = tracker.start_trial(proposal.trial.number, proposal.arch.flat(), proposal.arch.summary())
-                    proposal.trial.set_user_attr("mlflow_run_id", run_id)
-                    running[executor.submit(proposal.arch)] = RunningTrial(proposal.trial, proposal.arch, run_id,
-                                                                           time.perf_counter())
+                    trial, arch = proposal.trial, proposal.arch
+                    trial.set_user_attr("architecture", arch.model_dump())  # the journal can rebuild its run
+                    run_id = tracker.start_trial(trial.number, arch.flat(), arch.summary())
+                    trial.set_user_attr("mlflow_run_id", run_id)
+                    running[executor.submit(arch)] = RunningTrial(trial, arch, time.perf_counter())
                 if not running:
                     break
                 for ref in executor.wait(list(running), timeout=0.5):
                     job = running.pop(ref)
-                    self._collect(policy, tracker, fronts, job, executor.output(ref, job.arch))
+                    output = executor.output(ref, job.arch)
+                    if output.worker_died and job.attempt <= self.spec.search.retries:
+                        job.attempt += 1  # the same trial and run, once more
+                        tracker.tag_attempt(job.trial.number, job.attempt, output.result.reason or "")
+                        job.trial.set_user_attr("attempts", job.attempt)
+                        running[executor.submit(job.arch)] = job
+                        continue
+                    self._collect(policy, tracker, fronts, job, output)
+                if tracker.reconnect():
+                    tracker.sync(store.study, running=[j.trial.number for j in running.values()])
+                    fronts.update(log_all=True)
                 self.view.progress(policy.progress, [(j.trial.number, j.started) for j in running.values()], fronts.hv)
         except SearchAborted as exc:
             aborted, status = str(exc), "FAILED"
             self._interrupt(policy, tracker, executor, running, f"search aborted: {exc}")
-        except KeyboardInterrupt:
-            aborted, status = "interrupted by the user", "KILLED"
-            self._interrupt(policy, tracker, executor, running, "interrupted: the search was stopped (Ctrl-C); it "
+        except (KeyboardInterrupt, Stopped) as exc:
+            stop.__exit__()  # a signal during the clean-up below takes its usual course
+            stopped_by = exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
+            how = "SIGTERM" if stopped_by == "SIGTERM" else "Ctrl-C"
+            aborted, status = f"stopped by {how}" if stopped_by == "SIGTERM" else "interrupted by the user", "KILLED"
+            self._interrupt(policy, tracker, executor, running, f"interrupted: the search was stopped ({how}); it "
                                                                 "runs again on resume")
-        return self._finish(store, tracker, started, aborted, status)
+            executor.shutdown()
+        finally:
+            stop.__exit__()
+        return self._finish(store, tracker, started, aborted, status, stopped_by)
 
     def _collect(self, policy: AskTell, tracker: SearchTracker, fronts: FrontKeeper, job: RunningTrial,
                  output: TrialOutput) -> None:
@@ -128,7 +223,7 @@ class Controller:
         told = policy.tell(job.trial, result)
         if told.status != "ok":  # a non-finite objective: failed after all
             self.weights.discard(number)
-        tracker.finish_trial(job.run_id, told.status, result.metrics, told.reason, result.curve, result.info)
+        tracker.finish_trial(number, told.status, result.metrics, told.reason, result.curve, result.info)
         self.view.trial(number, job.arch.summary(), told, result)
         if told.status == "ok":
             fronts.update()
@@ -136,15 +231,23 @@ class Controller:
 
     def _interrupt(self, policy: AskTell, tracker: SearchTracker, executor: RayExecutor,
                    running: dict[Any, RunningTrial], reason: str) -> None:
-        """Stop running trials; fail them as interrupted and enqueue them again for the next resume."""
-        for ref, job in running.items():
+        """Stop running trials; fail them as interrupted and enqueue them again for the next resume.
+
+        Every trial the study holds as RUNNING is this process's (the lock sees to that), including one asked
+        for but not yet submitted when the interrupt came."""
+        from optuna.trial import TrialState
+
+        for ref in running:
             executor.cancel(ref)
-            policy.interrupt(job.trial, reason)
-            tracker.kill_trial(job.run_id, reason)
         running.clear()
+        for t in policy.store.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            policy.store.fail_and_requeue(t.number, t.params, reason)
+            tracker.kill_trial(t.number, reason)
 
     def _finish(self, store: StudyStore, tracker: SearchTracker, started: float, aborted: str | None,
-                status: str) -> SearchOutcome:
+                status: str, stopped_by: str | None) -> SearchOutcome:
+        if tracker.offline is not None and tracker.reconnect():  # one last try to hand MLflow what it missed
+            tracker.sync(store.study)
         front, hv, ref = study_front(store.study)
         if front.rows:
             write_front(front, self.paths.front, hv, ref)
@@ -153,15 +256,17 @@ class Controller:
             for row in front.pareto:
                 self._log_model(tracker, row)
         tracker.end_search(status)
+        if tracker.offline is not None:
+            self._note(f"warning: MLflow ({tracker.uri}) was not reachable at the end ({tracker.offline}); the study "
+                       f"journal {self.paths.journal} has every result, and the next `nas search` of this space "
+                       "rebuilds the runs")
         return SearchOutcome(self.spec.name, front, hv, ref, store.counts(), time.perf_counter() - started,
-                             tracker.parent_id, self.paths, aborted)
+                             tracker.parent_id, self.paths, aborted, stopped_by, tuple(self.notes))
 
     def _log_model(self, tracker: SearchTracker, row: TrialRow) -> None:
-        if row.run_id is None:
-            return
         with tempfile.TemporaryDirectory() as tmp:
             if self.weights.model_folder(row.number, Path(tmp), self.source.read_text()):
-                tracker.log_model(row.run_id, Path(tmp))
+                tracker.log_model(row.number, Path(tmp))
 
 
 def _plugin_list() -> list[dict[str, str]]:
@@ -169,9 +274,9 @@ def _plugin_list() -> list[dict[str, str]]:
 
 
 def run_search(loaded: LoadedSpec, root: Path | None = None, address: str | None = None,
-               live: bool = True) -> SearchOutcome:
+               live: bool = True, tracking_uri: str | None = None) -> SearchOutcome:
     """Run (or resume) the search described by a loaded spec. See :class:`Controller`."""
-    return Controller(loaded, root, address, live).run()
+    return Controller(loaded, root, address, live, tracking_uri).run()
 
 
 def format_outcome(outcome: SearchOutcome) -> str:
@@ -189,4 +294,6 @@ def format_outcome(outcome: SearchOutcome) -> str:
     ]
     if outcome.aborted:
         lines.insert(0, f"ABORTED: {outcome.aborted}")
+    if outcome.notes:
+        lines += ["", *outcome.notes]
     return "\n".join(lines)

@@ -31,6 +31,7 @@ class TrialOutput:
 
     result: TrialResult
     weights: bytes | None = None
+    worker_died: bool = False  # its worker process crashed: the controller may run it again
 
 
 # --- the worker side -------------------------------------------------------------------------------------
@@ -92,21 +93,43 @@ def _run_limited(job: TrialJob, memory_mb: int) -> TrialOutput:
     with tempfile.TemporaryDirectory() as tmp:
         result_path, log_path = Path(tmp) / "result.pkl", Path(tmp) / "stderr.txt"
         with log_path.open("wb") as log:
-            proc = subprocess.run(
+            proc = subprocess.Popen(
                 [sys.executable, "-c", "import sys; from nas.search.executor import limited_child; "
                  "limited_child(sys.argv[1])", str(result_path)],
-                input=pickle.dumps(job), stderr=log, cwd=job.cwd if os.path.isdir(job.cwd) else None,
+                stdin=subprocess.PIPE, stderr=log, cwd=job.cwd if os.path.isdir(job.cwd) else None,
             )
+            assert proc.stdin is not None
+            proc.stdin.write(pickle.dumps(job))
+            proc.stdin.close()
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak memory, not the worker's
+            proc.returncode = os.waitstatus_to_exitcode(status)
         errors = log_path.read_text(errors="replace")
         if errors:
             sys.stderr.write(errors[-20000:])
         if proc.returncode == 0 and result_path.exists():
             output: TrialOutput = pickle.loads(result_path.read_bytes())
             return output
-    last = next((line.strip() for line in reversed(errors.splitlines()) if line.strip()), "")
-    reason = (f"out of memory: the trial process died (exit code {proc.returncode}) under search.resources."
-              f"memory_mb = {memory_mb}" + (f": {last[:300]}" if last else ""))
+    reason = classify_death(proc.returncode, errors, usage.ru_maxrss * 1024, memory_mb)
     return TrialOutput(TrialResult.failed(Architecture.model_validate(job.arch), reason))
+
+
+_OOM_SIGNS = ("MemoryError", "can't allocate memory", "std::bad_alloc", "Cannot allocate memory", "out of memory",
+              "DefaultCPUAllocator")
+
+
+def classify_death(returncode: int, stderr: str, peak_rss: int, memory_mb: int) -> str:
+    """Why a limited trial's process died, from what happened: its exit signal or code, what it printed last,
+    and its peak resident memory against the limit. Only evidence of an allocation failure makes it 'out of
+    memory'."""
+    import signal
+
+    last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+    how = (f"killed by {signal.Signals(-returncode).name}" if returncode < 0 and -returncode in signal.valid_signals()
+           else f"exit code {returncode}")
+    evidence = f"{how}; peak resident memory {peak_rss / 2**20:.0f} MiB, limit search.resources.memory_mb = {memory_mb}"
+    oom = any(sign in stderr for sign in _OOM_SIGNS)
+    kind = "out of memory" if oom else "the trial process died"
+    return f"{kind}: {evidence}" + (f": {last[:300]}" if last else "")
 
 
 def limited_child(result_path: str) -> None:
@@ -147,8 +170,9 @@ class RayExecutor:
         r = spec.search.resources
         fresh_process = r.gpus > 0  # GPU memory does not outlive a trial (memory_mb runs it in a child process)
         remote = ray.remote(max_calls=1)(trial_task) if fresh_process else ray.remote(trial_task)
+        # Retries are the controller's (max_retries=0 here), so that each attempt is visible in MLflow.
         self._task = remote.options(num_cpus=0 if spec.training.workers > 1 else r.cpus, num_gpus=r.gpus,
-                                    max_retries=spec.search.retries)
+                                    max_retries=0)
         self._spec_data = spec.model_dump(mode="json")
 
     def submit(self, arch: Architecture) -> Any:
@@ -176,6 +200,7 @@ class RayExecutor:
             reason = f"out of memory: killed by Ray's memory monitor ({str(exc).splitlines()[0]})"
         except ray.exceptions.WorkerCrashedError:
             reason = f"worker died (process crashed), after {self.spec.search.retries} retries"
+            return TrialOutput(TrialResult.failed(arch, reason), worker_died=True)
         except ray.exceptions.RayTaskError as exc:  # raised outside run_trial, e.g. a plugin missing on that node
             cause = exc.cause if exc.cause is not None else exc
             reason = f"error in the Ray worker: {type(cause).__name__}: {cause}"
@@ -187,3 +212,9 @@ class RayExecutor:
         import ray
 
         ray.cancel(ref, force=True)
+
+    def shutdown(self) -> None:
+        """Stop Ray (and the local instance's processes) after an interrupted search."""
+        import ray
+
+        ray.shutdown()

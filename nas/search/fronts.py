@@ -35,8 +35,8 @@ class FrontKeeper:
         before = {n for n, r in self.ranks.items() if r == 0}
         for row, rank in zip(front.rows, front.ranks):
             kept = rank if rank >= 0 else None
-            if row.run_id and (log_all or self.ranks.get(row.number, -2) != kept):
-                self.tracker.set_pareto(row.run_id, kept)
+            if row.number in self.tracker.runs and (log_all or self.ranks.get(row.number, -2) != kept):
+                self.tracker.set_pareto(row.number, kept)
                 self.ranks[row.number] = kept
         if {r.number for r in front.pareto} != before:
             self.view.front(front.pareto)

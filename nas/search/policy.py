@@ -19,6 +19,7 @@ from ..space import sample_architecture
 from ..spec import Spec
 from ..trial import Status, TrialResult
 from .store import SearchAborted, StudyStore
+from .tracking import TRACKED_INFO
 
 if TYPE_CHECKING:
     import optuna
@@ -125,6 +126,8 @@ class AskTell:
                 named = dict(zip([m for m, _ in self.objectives], values))
                 status, reason, values = "failed", f"nan: non-finite objective values {named}", None
         trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("curve", [list(p) for p in result.curve])  # so a lost MLflow run can be rebuilt
+        trial.set_user_attr("info", {k: result.info[k] for k in TRACKED_INFO if result.info.get(k) is not None})
         if reason:
             trial.set_user_attr("reason", reason)
         if status == "ok" and values is not None:
@@ -142,10 +145,6 @@ class AskTell:
             self.store.study.tell(trial, state=TrialState.FAIL)
             self._count("failed")
         return Told(status, reason)
-
-    def interrupt(self, trial: "optuna.trial.Trial", reason: str) -> None:
-        """A trial that will not finish in this process: FAIL it as interrupted and enqueue it again."""
-        self.store.fail_and_requeue(trial.number, trial.params, reason)
 
     def _count(self, status: str) -> None:
         p = self.progress

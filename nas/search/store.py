@@ -13,8 +13,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from ..pareto import hypervolume, reference_point, to_minimize
@@ -25,12 +27,17 @@ if TYPE_CHECKING:
     import optuna
     from optuna.storages import JournalStorage
 
-__all__ = ["SearchPaths", "StudyStore", "WeightStore", "Counts", "load_study", "study_rows", "study_front",
-           "count_trials", "natural_reference", "SearchAborted"]
+__all__ = ["SearchPaths", "SearchLock", "StudyStore", "WeightStore", "Counts", "load_study", "study_rows",
+           "study_front", "count_trials", "natural_reference", "repair_journal", "SearchAborted", "SearchRefused"]
 
 
 class SearchAborted(RuntimeError):
     """Too many consecutive failures, or an unusable space; the study is kept and can be resumed."""
+
+
+class SearchRefused(SearchAborted):
+    """The search cannot start at all (another process holds it, or its stored space differs): nothing is
+    written; ``nas search`` exits 2."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,81 @@ class SearchPaths:
     @property
     def front(self) -> Path:
         return self.root / "fronts" / self.name
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "studies" / f"{self.name}.lock"
+
+
+class SearchLock:
+    """One writer per search: an exclusive ``flock`` on ``studies/NAME.lock`` holding the owner's pid and host.
+
+    The operating system drops the lock when its process dies however it dies, so a stale lock file from a
+    killed search is simply taken over. (``flock`` is per machine: two hosts writing one study over a network
+    file system are not caught.)
+    """
+
+    def __init__(self, paths: SearchPaths):
+        self.path = paths.lock
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
+            os.close(fd)
+            raise SearchRefused(f"search '{self.path.stem}' is already running ({holder}; lock {self.path}); wait "
+                                "for it to finish, or stop it, then run this again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def repair_journal(path: Path) -> str | None:
+    """Cut a torn last record (a process that died mid-write, a full disk) off the journal; returns what was
+    done, or None when the journal was whole. The dropped bytes are kept beside it in ``NAME.journal.torn``.
+
+    Every record is one JSON line; Optuna reads past a torn last line, but its next append lands on that line
+    and the study can no longer be read. Only the tail can be torn: appends are sequential and fsynced.
+    """
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1  # an unterminated tail is torn whatever it holds
+    while keep > 0:  # and so is a last complete line that is not a record
+        start = data.rfind(b"\n", 0, keep - 1) + 1
+        if _is_record(data[start:keep]):
+            break
+        keep = start
+    if keep == len(data):
+        return None
+    torn = path.with_name(path.name + ".torn")
+    torn.write_bytes(data[keep:])
+    with path.open("r+b") as f:
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return (f"the study journal {path} ended in a torn record ({len(data) - keep} bytes, the last write of a process "
+            f"that stopped mid-write); it was cut off and kept in {torn}. Everything before it is intact.")
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -131,12 +213,20 @@ class StudyStore:
     beyond ask and tell."""
 
     def __init__(self, spec: Spec, paths: SearchPaths, objectives: list[tuple[str, str]],
-                 sampler: "optuna.samplers.BaseSampler", source_text: str):
+                 sampler: "Callable[[int], optuna.samplers.BaseSampler]", source_text: str):
+        """``sampler(n)`` makes the sampler for a study that already holds ``n`` trials (0: a new search), so a
+        resumed search continues its random stream instead of replaying it. Call under :class:`SearchLock`."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.repaired = repair_journal(paths.journal)
         self.storage = _journal(paths)
-        self.study = optuna.create_study(study_name=spec.name, storage=self.storage, sampler=sampler,
+        n = 0
+        for summary in self.storage.get_all_studies():
+            if summary.study_name == spec.name:
+                n = len(self.storage.get_all_trials(self.storage.get_study_id_from_name(spec.name), deepcopy=False))
+        self.resumed_after = n
+        self.study = optuna.create_study(study_name=spec.name, storage=self.storage, sampler=sampler(n),
                                          directions=[cast(Any, d) for _, d in objectives], load_if_exists=True)
         self._study_id = self.storage.get_study_id_from_name(spec.name)
         stored, mine = self.study.user_attrs.get("fingerprint"), fingerprint(spec)
@@ -145,7 +235,7 @@ class StudyStore:
             self.study.set_user_attr("objectives", [list(o) for o in objectives])
             self.study.set_user_attr("spec_text", source_text)
         elif stored != mine:
-            raise SearchAborted(
+            raise SearchRefused(
                 f"a search named '{spec.name}' already exists in {paths.journal} with a different space, "
                 "task, training or objectives; resuming it would mix incomparable trials. Give this search "
                 "another `name:` (or move the old study away)."
@@ -185,10 +275,12 @@ def study_rows(study: "optuna.Study") -> list[TrialRow]:
     from optuna.trial import TrialState
 
     rows = []
+    rebuilt = study.user_attrs.get("mlflow_run_ids", {})  # runs that now hold trials (after a store was rebuilt)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         feasible = all(v <= 0 for v in t.user_attrs.get("constraints", []))
-        rows.append(TrialRow(t.number, t.user_attrs.get("summary", ""), list(t.values), feasible,
-                             t.user_attrs.get("mlflow_run_id"), t.user_attrs.get("metrics", {})))
+        run_id = rebuilt.get(str(t.number), t.user_attrs.get("mlflow_run_id"))
+        rows.append(TrialRow(t.number, t.user_attrs.get("summary", ""), list(t.values), feasible, run_id,
+                             t.user_attrs.get("metrics", {})))
     return rows
 
 

@@ -13,8 +13,12 @@ if TYPE_CHECKING:
 __all__ = ["make_sampler"]
 
 
-def make_sampler(spec: Spec) -> "optuna.samplers.BaseSampler":
+def make_sampler(spec: Spec, resumed_after: int = 0) -> "optuna.samplers.BaseSampler":
     """The Optuna sampler named in ``search.sampler``, seeded.
+
+    ``resumed_after``: how many trials the study already holds. A seeded sampler made anew replays its random
+    stream from the start, so a resumed search would ask for its first architectures again; its seed is
+    derived from ``(search.seed, resumed_after)`` instead (a new search keeps ``search.seed`` itself).
 
     Parameters that exist only in some trials (a block's own settings, a choice reduced by another choice)
     are sampled independently by design, so the samplers' warnings about that are off unless asked for.
@@ -22,6 +26,10 @@ def make_sampler(spec: Spec) -> "optuna.samplers.BaseSampler":
     import optuna
 
     cfg, seed = spec.search.sampler, spec.search.seed
+    if resumed_after:
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([seed, resumed_after]).generate_state(1)[0])
     options = dict(cfg.options)
     if cfg.type == "gp":  # (TPE deprecated the option in Optuna 4.9 and no longer warns)
         options.setdefault("warn_independent_sampling", False)
