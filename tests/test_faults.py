@@ -356,3 +356,16 @@ def test_a_dead_trial_process_is_out_of_memory_only_with_evidence():
         "the trial process died: exit code 1") and "bad shape" in classify_death(1, "ValueError: bad shape", 0, 512)
     aborted = classify_death(-6, "terminate called after throwing an instance of 'std::bad_alloc'\n", 0, 512)
     assert aborted.startswith("out of memory: killed by SIGABRT") and "std::bad_alloc" in aborted
+
+
+def test_a_journal_lock_left_by_a_killed_search_is_cleared_not_waited_on(tmp_path):
+    """SIGKILL while Optuna holds its journal lock (a symlink) left the next run waiting for ever."""
+    code, out, err = run_cli(tmp_path, "search", write(tmp_path, "stuck", 1), "--quiet")
+    assert code == 0, out + err
+    studies = tmp_path / "out" / "studies"
+    (studies / "stuck.journal.lock").symlink_to("out/studies/stuck.journal")  # as the killed process left it
+    started = time.monotonic()
+    code, out, err = run_cli(tmp_path, "search", write(tmp_path, "stuck", 2), "--quiet", "--json", timeout=120)
+    assert code == 0, out + err
+    assert any("removed the journal lock" in note for note in json_in(out)["notes"])
+    assert time.monotonic() - started < 100 and states(load_study(tmp_path / "out", "stuck")) == {"COMPLETE": 2}

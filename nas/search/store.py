@@ -187,7 +187,19 @@ def _journal(paths: SearchPaths) -> "JournalStorage":
     from optuna.storages.journal import JournalFileBackend
 
     paths.journal.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(paths.journal)))
+    # An absolute path: Optuna's lock is a symlink to the journal, and with a relative target its check for a
+    # stale lock stats a path that does not exist and waits for ever.
+    return JournalStorage(JournalFileBackend(str(paths.journal.resolve())))
+
+
+def clear_stale_journal_lock(paths: SearchPaths) -> str | None:
+    """Remove Optuna's journal lock left by a process killed while it wrote. Only called under
+    :class:`SearchLock`: no other writer of this journal can be alive."""
+    lock = paths.journal.with_name(paths.journal.name + ".lock")
+    if not (lock.is_symlink() or lock.exists()):
+        return None
+    lock.unlink()
+    return f"removed the journal lock {lock} that a killed search left behind"
 
 
 def load_study(paths: SearchPaths) -> "optuna.Study":
@@ -219,7 +231,7 @@ class StudyStore:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.repaired = repair_journal(paths.journal)
+        self.repaired = " ".join(filter(None, [clear_stale_journal_lock(paths), repair_journal(paths.journal)])) or None
         self.storage = _journal(paths)
         n = 0
         for summary in self.storage.get_all_studies():
