@@ -196,6 +196,9 @@ class SearchTracker:
         if run_id:
             self._guard(lambda c: _finish(c, run_id, status, metrics, reason, list(curve), info or {}), None)
 
+    def _close(self, run_id: str, status: str) -> None:
+        self._guard(lambda c: c.set_terminated(run_id, status), None)
+
     def tag_attempt(self, number: int, attempt: int, previous_failure: str) -> None:
         run_id = self.runs.get(number)
         if run_id:
@@ -256,6 +259,11 @@ class SearchTracker:
             else:
                 self.runs[t.number] = run.info.run_id
                 if run.info.status != "RUNNING" or t.number in now_running:
+                    continue
+                if run.data.metrics and not t.user_attrs.get("interrupted"):
+                    # its results went in as one batch before the store failed: only closing it was lost
+                    final = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED"}.get(t.state, "FAILED")
+                    self._close(run.info.run_id, final)
                     continue
             if t.number in now_running or t.state == TrialState.WAITING:
                 continue
