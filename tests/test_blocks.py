@@ -343,6 +343,62 @@ def test_moe_routing_capacity_aux_loss_and_stats():
     assert y.shape == (2, 16, 32)
 
 
+@pytest.mark.parametrize("top_k", [1, 2, 3, 4])
+@pytest.mark.parametrize("capacity_factor", [0.25, 0.5, 1.0, 1.25, 4.0])
+def test_moe_routing_is_causal_for_every_top_k_and_capacity(top_k, capacity_factor):
+    """Issue 10: with top_k >= 2, all first choices used to be served before any second choice, so a token's
+    second choice depended on later tokens' first choices (0.146 leaked at num_experts 4, top_k 2, factor 1)."""
+    d = dims(True)
+    moe = build("ffn", {"type": "moe", "num_experts": 4, "top_k": top_k, "capacity_factor": capacity_factor}, d)
+    moe.eval()
+    x = x_in()
+    with torch.no_grad():
+        y = moe(x)
+        for t in range(1, 16):
+            x2 = x.clone()
+            x2[:, t:] = torch.randn(2, 16 - t, 32, generator=torch.Generator().manual_seed(t))
+            assert torch.equal(moe(x2)[:, :t], y[:, :t]), f"changing positions >= {t} moved earlier outputs"
+
+
+@pytest.mark.parametrize("top_k, capacity_factor", [(1, 0.5), (2, 0.5), (2, 1.0)])
+def test_moe_capacity_is_per_sequence(top_k, capacity_factor):
+    """A sequence's output is the same alone or in any batch: capacity is counted per sequence."""
+    d = dims(True)
+    moe = build("ffn", {"type": "moe", "num_experts": 4, "top_k": top_k, "capacity_factor": capacity_factor}, d)
+    moe.eval()
+    x = x_in(B=5)
+    with torch.no_grad():
+        together = moe(x)
+        for b in range(5):
+            torch.testing.assert_close(moe(x[b: b + 1])[0], together[b], atol=1e-6, rtol=1e-6)
+        moe.reset_stats()
+        moe(x[:1])
+    capacity = math.ceil(capacity_factor * top_k * 16 / 4)
+    assert max(moe.stats()[f"load.{e}"] for e in range(4)) * top_k * 16 * (1 - moe.stats()["dropped"]) <= capacity
+
+
+def test_moe_top_k_gates_are_renormalised_by_default():
+    """Gates of the chosen experts sum to 1 with ``renormalize`` (default) for top_k >= 2; raw probabilities
+    without it. Checked with identical experts, where the output is the expert's output times the gate sum."""
+    d = dims(True)
+    x = x_in()
+    outs = {}
+    for renormalize in (True, False):
+        moe = build("ffn", {"type": "moe", "num_experts": 4, "top_k": 2, "capacity_factor": 4.0,
+                            "renormalize": renormalize}, d).eval()
+        with torch.no_grad():
+            for p in (moe.w_up, moe.b_up, moe.w_down, moe.b_down):
+                p.copy_(p[:1].expand_as(p))  # every expert equals expert 0
+            one = (F.gelu(x @ moe.w_up[0] + moe.b_up[0]) @ moe.w_down[0] + moe.b_down[0])  # (B, T, C)
+            probs = moe.router(x).softmax(-1).topk(2, dim=-1).values.sum(-1, keepdim=True)  # (B, T, 1)
+            outs[renormalize] = (moe(x), one, probs)
+    y, one, _ = outs[True]
+    torch.testing.assert_close(y, one, atol=1e-5, rtol=1e-5)
+    y, one, gate_sum = outs[False]
+    torch.testing.assert_close(y, one * gate_sum, atol=1e-5, rtol=1e-5)
+    assert (gate_sum < 0.99).all()
+
+
 def test_moe_flops_count_the_routed_capacity_not_every_expert(make_task):
     from nas.model import meta_costs
 
