@@ -540,6 +540,38 @@ def test_bf16_and_qat_int8():
         assert torch.isfinite(out(x)).all()
 
 
+@pytest.mark.parametrize("shift", [0.0, 2.0, -3.0])  # inputs of both signs, all positive, all negative
+def test_qat_fake_quantization_is_the_deployed_int8_grid(shift):
+    """Issue 10: QAT must train on the grid it deploys. The fake-quantized forward of a Linear equals the
+    ``quantize_dynamic`` int8 forward to float rounding (1e-5 here; measured ~1e-7). The old fake quantizer
+    used the full 8-bit activation range, where the x86 kernel uses 7 bits: they differed by a grid step."""
+    import copy
+
+    from nas_plugins.compression import fake_quantized, quantize_dynamic_int8
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 24), torch.nn.GELU(), torch.nn.Linear(24, 16))
+    x = 1.7 * torch.randn(4, 8, 32) + shift
+    with torch.no_grad(), fake_quantized(model):
+        fake = model(x)
+    with torch.inference_mode():
+        deployed = quantize_dynamic_int8(copy.deepcopy(model))(x)
+        exact = model(x)
+    torch.testing.assert_close(fake, deployed, atol=1e-5, rtol=1e-5)
+    assert (exact - deployed).abs().max() > 1e-3  # the grid is coarse enough for the check to mean something
+
+
+def test_qat_fake_quantized_tiny_model_equals_the_deployed_int8_model():
+    from nas_plugins.compression import fake_quantized, quantize_dynamic_int8
+
+    model, _, x = _tiny()
+    with torch.no_grad(), fake_quantized(model):
+        fake = model(x)
+    with torch.inference_mode():
+        deployed = quantize_dynamic_int8(model)(x)
+    torch.testing.assert_close(fake, deployed, atol=1e-5, rtol=1e-5)
+
+
 def test_magnitude_pruning_zeroes_the_smallest_weights_and_keeps_them_through_finetuning():
     model, task, _ = _tiny()
     pruner = _compressor({"type": "magnitude", "sparsity": 0.5, "finetune_steps": 2})
