@@ -295,6 +295,23 @@ def test_mamba_scan_is_the_recurrence():
                                atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_mamba_adds_the_d_skip_once_in_both_directions(causal):
+    """Issue 10: the bidirectional mixer added ``D * u`` once per direction, i.e. twice. With a width-1 conv
+    (both directions see the same post-conv u) the output's dependence on D is exactly ``out_proj(D u silu(z))``."""
+    d = dims(causal)
+    mamba = build("attention", {"type": "mamba", "d_conv": 1, "d_state": 4}, d, position("none", d)).eval()
+    x = x_in()
+    with torch.no_grad():
+        mamba.D.copy_(torch.linspace(0.5, 2.0, mamba.D.numel()))
+        with_skip = mamba(x)
+        u, z = mamba.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(mamba.conv(u.transpose(1, 2)).transpose(1, 2))
+        skip = mamba.out_proj(u * mamba.D * F.silu(z))
+        mamba.D.zero_()
+        torch.testing.assert_close(with_skip - mamba(x), skip, atol=1e-5, rtol=1e-5)
+
+
 # --- positions ----------------------------------------------------------------------------------------
 def test_rope_dot_products_depend_only_on_relative_position():
     d = Dims(16, 1, 32, True)
