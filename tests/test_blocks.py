@@ -128,6 +128,27 @@ def test_sliding_window_mask_formula():
             assert bool(m[i, j]) == (0 <= i - j < 2)
 
 
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_sliding_window_convention_window_keys_causal_and_2w_minus_1_bidirectional(window):
+    """Documented convention: query i sees key j iff |i - j| < window (and j <= i when causal), so an interior
+    query sees ``window`` keys causally and ``2 * window - 1`` bidirectionally, through the blockwise path too."""
+    from nas_plugins.attention import sliding_window_mask
+
+    T, i = 16, 8
+    assert sliding_window_mask(T, window, causal=True)[i].sum() == window
+    assert sliding_window_mask(T, window, causal=False)[i].sum() == 2 * window - 1
+    d = dims(False)
+    attn = build("attention", {"type": "sliding_window", "window": window}, d, position("none", d)).eval()
+    x = x_in()
+    with torch.no_grad():
+        y = attn(x)
+        for j in range(T):
+            x2 = x.clone()
+            x2[:, j] += 1.0
+            moved = (attn(x2)[:, i] - y[:, i]).abs().max().item() > 1e-6
+            assert moved == (abs(i - j) < window), (i, j)
+
+
 def test_block_sparse_mask_formula_and_full_block_equals_softmax():
     from nas_plugins.attention import BlockSparseAttention, block_sparse_mask
 
