@@ -189,6 +189,7 @@ class GroupedQueryAttention(HeadAttention):
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
                                 time_exponent=(2, "every query scores every key"))
+    conformance_configs = [{"kv_heads": 2}]  # shared key/value heads in groups (the default is multi-query)
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         if dims.n_heads % config.kv_heads:
@@ -226,6 +227,8 @@ class SlidingWindowAttention(HeadAttention):
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
                                 time_exponent=(1, "window keys per query"))
+    #: The default window (64) is at least the kit's sequence (full attention): check the blockwise path too.
+    conformance_configs = [{"window": 4}, {"window": 1}]
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -318,6 +321,9 @@ class BlockSparseAttention(HeadAttention):
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
                                 time_exponent=(2, "strided keys: T/block per query, and the dense mask on CPU"))
+    #: The default block (16) is the kit's whole sequence: check patterns with several blocks too.
+    conformance_configs = [{"block_size": 4, "local_blocks": 0, "global_tokens": 1},
+                           {"block_size": 4, "local_blocks": 1, "global_tokens": 0, "strided": False}]
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)

@@ -75,6 +75,8 @@ class Quantize(Compression):
         level: Literal["fp32", "bf16", "int8"] = "int8"
         qat_steps: int = Field(0, ge=0, description="quantization-aware fine-tuning steps before int8 conversion")
 
+    conformance_configs = [{"level": "int8", "qat_steps": 2}, {"level": "bf16"}, {"level": "fp32"}]
+
     def apply(self, model: nn.Module, finetune: Finetune) -> nn.Module:
         level = self.config.level
         if level == "fp32":
@@ -97,6 +99,13 @@ class Quantize(Compression):
     def precision(self, trained: str) -> str:
         # bf16 weights run natively; int8 kernels take fp32 activations (autocast would hand them bf16).
         return trained if self.config.level == "fp32" else "fp32"
+
+    def position_coupling(self) -> str | None:
+        if self.config.level != "int8":
+            return None
+        return ("int8 dynamic quantization takes each Linear input's scale and zero point from the whole "
+                "tensor (every sequence and position of the batch), so other inputs move an output by about "
+                "one grid step")
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
@@ -217,6 +226,8 @@ class MagnitudePrune(Compression):
         sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of each layer's weights set to zero")
         finetune_steps: int = Field(0, ge=0, description="recovery fine-tuning steps with the zeros held")
 
+    conformance_configs = [{"finetune_steps": 2}]
+
     def apply(self, model: nn.Module, finetune: Finetune) -> nn.Module:
         from torch.nn.utils import prune
 
@@ -250,6 +261,7 @@ class StructuredPrune(Compression):
         finetune_steps: int = Field(0, ge=0, description="recovery fine-tuning steps after pruning")
 
     changes_shape = True
+    conformance_configs = [{"heads": 0.5, "neurons": 0.5, "finetune_steps": 2}]
 
     def apply(self, model: nn.Module, finetune: Finetune) -> nn.Module:
         heads = neurons = 0

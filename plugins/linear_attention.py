@@ -129,6 +129,7 @@ class PerformerAttention(_KernelAttention):
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ABSOLUTE_POSITIONS,
                                 time_exponent=(1, "M x D state per head"))
+    conformance_configs = [{"num_features": 5}]  # fewer features than a head's width: a partial block
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -187,6 +188,7 @@ class LinformerAttention(HeadAttention):
 
     capabilities = Capabilities(causal=False, bidirectional=True, positions=ABSOLUTE_POSITIONS,
                                 time_exponent=(1, "keys projected to proj_len rows"))
+    conformance_configs = [{"proj_len": 4}]  # fewer projected rows than the kit's sequence
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         if dims.causal:
