@@ -6,6 +6,7 @@ floating-point sums differs (blockwise vs dense, chunked vs quadratic, bmm vs li
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -753,3 +754,40 @@ def test_the_kit_catches_broken_blocks():
         host_sync = _broken_attention("host_sync", meta_hostile)
         with pytest.raises(Exception, match="meta"):
             testing.check_param_count(host_sync)
+
+
+def test_the_kit_catches_coupled_nondeterministic_and_unmovable_blocks():
+    with registry.REGISTRY.scratch():
+        batch_mean = _broken_attention("batch_mean", lambda self, x: self.proj(x - x.mean(0, keepdim=True)))
+        with pytest.raises(AssertionError, match="must not depend on the other sequences"):
+            testing.check_batch_independence(batch_mean)
+
+        noisy = _broken_attention("noisy", lambda self, x: self.proj(x) + 1e-3 * torch.randn_like(x))
+        with pytest.raises(AssertionError, match="second forward"):
+            testing.check_determinism(noisy)
+
+        def plain_tensor(self, d):
+            self.scale = torch.ones(d.d_model)  # not a buffer: .to() leaves it behind
+
+        unmovable = _broken_attention("unmovable", lambda self, x: self.proj(x) * self.scale, plain_tensor)
+        with pytest.raises(AssertionError, match="did not move with the module"):
+            testing.check_dtype_device(unmovable)
+
+        def float32_only(self, x):
+            return self.proj(x).float()
+
+        upcast = _broken_attention("upcast", float32_only)
+        with pytest.raises(AssertionError, match="float64 inputs and weights gave a torch.float32 output"):
+            testing.check_dtype_device(upcast)
+
+
+def test_conformance_configs_must_validate():
+    entry = registry.get("ffn", "moe")
+
+    class Bad(entry.cls):
+        conformance_configs = [{"top_k": 9}]  # more than num_experts
+
+    bad = dataclasses.replace(entry, cls=Bad)
+    with pytest.raises(registry.RegistryError, match="conformance config"):
+        testing.case_configs(bad)
+    assert [c.top_k for c in testing.case_configs(entry)[1:]] == [1, 2, 2, 3, 2]
