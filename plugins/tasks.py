@@ -83,14 +83,14 @@ class MQAR(Task):
 
     class Config(BlockConfig):
         type: Literal["mqar"] = "mqar"
-        # Defaults: a size that CPU trials of a few thousand steps learn, and that separates softmax from
-        # linear attention at d_model 64 (benchmarks/zoology_mqar.py). Zoology's Figure 2 uses vocabulary 8192
+        # Defaults: the sizes of Zoology's basic example (vocabulary 256, 64 positions, 4 pairs), which CPU trials
+        # of a few thousand steps learn (docs/benchmarks.md, "MQAR"). Zoology's Figure 2 uses vocabulary 8192
         # with 64 epochs of 100,000 sequences; at CPU budgets a 2-layer model memorises a fixed set of that
         # vocabulary (train loss 0.7, test accuracy 0.23 after 1,500 steps) instead of learning to recall.
         vocab_size: int = Field(256, ge=8, description="keys use ids 1..V/2-1, values V/2..V-1; filler any id "
                                 "(Zoology: 256 in its basic example, 8192 in Figure 2)")
         seq_len: int = Field(64, ge=4)
-        num_kv_pairs: int = Field(8, ge=1, description="key-value pairs per sequence, each queried once")
+        num_kv_pairs: int = Field(4, ge=1, description="key-value pairs per sequence, each queried once")
         power_a: float = Field(0.01, gt=0, le=1, description="power-law exponent of the query gaps")
         train_examples: int | None = Field(20_000, ge=1, description="the fixed training set (Zoology: 10,000 in "
                                            "its basic example, 100,000 in Figure 2); null: fresh sequences "

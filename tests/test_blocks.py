@@ -601,14 +601,36 @@ def test_qat_fake_quantization_is_the_deployed_int8_grid(shift):
 
 
 def test_qat_fake_quantized_tiny_model_equals_the_deployed_int8_model():
+    """Every Linear of the tiny Transformer, fed the input it sees in the model, computes the same under fake
+    quantization as deployed (1e-5). Through the whole model the two differ only where a float-rounding
+    difference (~1e-7, int32 against float sums) moves a value across a rounding boundary of the next layer's
+    grid: one grid step, at a few outputs (measured: 16 of 1,024 logits, by at most 0.004). On the old grid no
+    output agreed."""
+    import copy
+
     from nas_plugins.compression import fake_quantized, quantize_dynamic_int8
 
     model, _, x = _tiny()
+    seen = {}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: seen.__setitem__(n, args[0].detach()))
+             for n, m in linears.items()]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    deployed = quantize_dynamic_int8(copy.deepcopy(model))
+    layers = dict(deployed.named_modules())
     with torch.no_grad(), fake_quantized(model):
+        for name, linear in linears.items():
+            torch.testing.assert_close(linear(seen[name]), layers[name](seen[name]), atol=1e-5, rtol=1e-5,
+                                       msg=lambda m, name=name: f"{name}: {m}")
         fake = model(x)
     with torch.inference_mode():
-        deployed = quantize_dynamic_int8(model)(x)
-    torch.testing.assert_close(fake, deployed, atol=1e-5, rtol=1e-5)
+        out = deployed(x)
+    agree = ((fake - out).abs() <= 1e-5).float().mean().item()
+    assert agree >= 0.9, f"only {agree:.1%} of the logits agree"
+    assert (fake - out).abs().max() < 0.05 * out.abs().max()
 
 
 def test_magnitude_pruning_zeroes_the_smallest_weights_and_keeps_them_through_finetuning():
