@@ -813,3 +813,33 @@ def test_conformance_configs_must_validate():
     with pytest.raises(registry.RegistryError, match="conformance config"):
         testing.case_configs(bad)
     assert [c.top_k for c in testing.case_configs(entry)[1:]] == [1, 2, 2, 3, 2]
+
+
+def test_the_kit_catches_a_compression_that_breaks_causality():
+    from typing import Literal
+
+    from torch import nn
+
+    from nas import BlockConfig, Compression
+
+    class Reversed(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x.flip(1)).flip(1)  # every position now sees the whole sequence
+
+    class LeakyCompression(Compression):
+        """A deliberately broken compression (runs the model right to left)."""
+
+        Config = type("Config", (BlockConfig,), {"__annotations__": {"type": Literal["leaky"]}, "type": "leaky"})
+
+        def apply(self, model, finetune):
+            return Reversed(model)
+
+    with registry.REGISTRY.scratch():
+        registry.register("compression", "leaky")(LeakyCompression)
+        case = testing.Case(registry.get("compression", "leaky"), causal=True)
+        with pytest.raises(AssertionError, match="after compression, changing tokens"):
+            testing.check_compressed_causal(case)
