@@ -36,6 +36,17 @@ beside it (:func:`aux_loss`, :func:`block_stats`, :func:`reset_stats`, :func:`in
 * :class:`PrunableHeads` / :class:`PrunableNeurons`: ``prune_heads(fraction) -> int`` (attention) and
   ``prune_neurons(fraction) -> int`` (ffn), structured pruning that really shrinks the module.
 * :class:`OwnSearchSpace`: a classmethod ``search_space(trial, entry, dims, prefix) -> Config``.
+
+One optional class attribute is read by the conformance kit (:mod:`nas.testing`) only, through
+:func:`conformance_configs`: ``conformance_configs``, a list of config overrides (``{"top_k": 2,
+"capacity_factor": 0.5}``) that the kit checks besides the default config, for blocks whose default does not
+reach every code path (tight expert capacity, a window shorter than the kit's sequence).
+
+Two contracts every residual-stream block (attention, position, norm, ffn) keeps, and the kit checks:
+
+* causal: when ``dims.causal``, the output at t depends on inputs at positions <= t only;
+* batch-independent: one sequence's output does not depend on the other sequences of the batch (no batch
+  statistics; a capacity-limited router counts capacity per sequence). It may depend on the sequence length.
 """
 
 from __future__ import annotations
@@ -71,6 +82,7 @@ __all__ = [
     "reset_stats",
     "inactive_parameters",
     "search_space_of",
+    "conformance_configs",
 ]
 
 #: Where a position scheme acts: added to the token embeddings, rotating queries and keys, or as an
@@ -265,6 +277,12 @@ class Compression:
         """The autocast precision to measure the compressed model under, given the one it was trained in."""
         return trained
 
+    def position_coupling(self) -> str | None:
+        """Why the compressed model's output at one position may move, by rounding, with inputs at other
+        positions and in other sequences of the batch (a quantization scale taken over the whole tensor), or
+        None when it does not. The conformance kit then bounds that movement instead of requiring none."""
+        return None
+
 
 # --- optional hooks, declared ------------------------------------------------------------------------
 @runtime_checkable
@@ -345,3 +363,11 @@ def search_space_of(cls: type) -> Callable[..., BlockConfig] | None:
     """The block's own define-by-run space (:class:`OwnSearchSpace`), or None for the generic one."""
     fn = getattr(cls, "search_space", None)
     return fn if callable(fn) else None
+
+
+def conformance_configs(cls: type) -> list[dict[str, Any]]:
+    """The config overrides a block class asks the conformance kit to check besides its default config."""
+    declared = getattr(cls, "conformance_configs", None) or []
+    if not isinstance(declared, (list, tuple)) or not all(isinstance(c, dict) for c in declared):
+        raise TypeError(f"{cls.__name__}.conformance_configs must be a list of dicts of config fields")
+    return [dict(c) for c in declared]

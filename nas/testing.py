@@ -14,18 +14,30 @@ Each class is parametrized over the registry when pytest collects it, so every b
 The checks (each one a test method, also usable on its own as a ``check_*`` function):
 
 * shapes: ``(B, T, C) -> (B, T, C)`` (and the kind's own hooks for positions);
-* causal leakage: changing inputs at positions >= t changes no output before t (blocks that claim causality;
-  feed-forward blocks and norms must be causal too);
+* causal leakage: for every t, changing inputs at positions >= t changes no output before t (blocks that
+  claim causality; feed-forward blocks and norms must be causal too, routers included);
+* batch independence: each sequence's output is the same computed alone as inside a batch (no batch
+  statistics; a capacity-limited router must count capacity per sequence, see :mod:`nas.blocks`);
+* determinism: built twice with one seed, a block has the same state and computes the same outputs, in
+  eval mode and, under one torch seed, in train mode (dropout); a repeated forward gives the same output;
 * gradients reach every parameter (finite, not all zero) through the output and the block's ``aux_loss()``;
 * a state-dict round trip into a differently seeded instance reproduces the outputs exactly;
 * the parameter count of the block built on the meta device (how trials size models) equals the real one,
   and ``inactive_parameters()``, if defined, is between 0 and the total;
+* dtype and device round trips: in float64 the block computes in float64 and agrees with float32; back in
+  float32 it computes exactly what it did; integer buffers keep their dtype; moved to the meta device every
+  tensor it uses moves with it (none is held outside parameters and buffers); with CUDA, CPU -> CUDA -> CPU;
 * finite outputs under bf16 autocast, and with bf16 weights (the ``quantize: bf16`` compression);
 * the block's search space (generic or its own ``search_space``) samples only configs that validate and
   build, for several model sizes, with a fixed choice set per Optuna parameter name.
 
-Compression plugins get their own class (apply to a tiny trained Transformer, outputs stay finite), as do
-tasks (shapes and seeded, repeatable data). Sizes are tiny: the whole kit over the built-ins takes seconds.
+Every check runs on the block's default config and on each config its class lists in
+``conformance_configs`` (a class attribute: a list of field overrides, e.g. the ``top_k`` and capacities of a
+mixture of experts), in every direction it claims and, for attention, with a position scheme of every mode it
+takes. Compression plugins get their own class: applied to a tiny trained Transformer, outputs stay finite,
+the compressed model is still causal and batch-independent (within a bound for compressions that declare a
+``position_coupling()``), and applying twice gives the same model. Tasks get shapes and seeded, repeatable
+data. Sizes are tiny: the whole kit over the built-ins takes well under a minute.
 """
 
 from __future__ import annotations
@@ -40,7 +52,16 @@ import torch
 from torch import nn
 
 from . import registry
-from .blocks import POSITION_MODES, BlockConfig, Dims, InactiveParameters, PositionScheme, aux_loss
+from .blocks import (
+    POSITION_MODES,
+    BlockConfig,
+    Compression,
+    Dims,
+    InactiveParameters,
+    PositionScheme,
+    aux_loss,
+    conformance_configs,
+)
 from .registry import Entry
 
 __all__ = [
@@ -53,11 +74,17 @@ __all__ = [
     "Case",
     "check_shapes",
     "check_causal",
+    "check_batch_independence",
+    "check_determinism",
+    "check_dtype_device",
     "check_gradients",
     "check_state_dict",
     "check_param_count",
     "check_bf16",
     "check_search_space",
+    "check_compressed_causal",
+    "check_compressed_batch_independence",
+    "case_configs",
     "representative_position",
 ]
 
@@ -105,7 +132,12 @@ class Case:
     @property
     def id(self) -> str:
         parts = [self.entry.name, "causal" if self.causal else "bidirectional"]
-        return "-".join(parts + ([self.position] if self.position else []))
+        if self.position:
+            parts.append(self.position)
+        if self.config is not None:
+            fields = self.config.model_dump(exclude_defaults=True)
+            parts.append(",".join(f"{k}={v}" for k, v in sorted(fields.items()) if k != "type") or "default")
+        return "-".join(parts)
 
     def dims(self, d_model: int = C, n_heads: int = H, seq_len: int = T) -> Dims:
         return Dims(d_model, n_heads, seq_len, self.causal, n_layers=2)
@@ -148,9 +180,27 @@ def representative_position(entry: Entry) -> str:
     raise AssertionError(f"attention '{entry.name}' declares no position mode")
 
 
-def _inputs(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _inputs(seed: int = 0, dtype: torch.dtype = torch.float32, batch: int = B) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, C, generator=g).to(dtype)  # (B, T, C)
+    return torch.randn(batch, T, C, generator=g).to(dtype)  # (B, T, C)
+
+
+def case_configs(entry: Entry) -> list[BlockConfig | None]:
+    """The configs the kit checks a block with: its default (None) and each of its ``conformance_configs``."""
+    configs: list[BlockConfig | None] = [None]
+    for overrides in conformance_configs(entry.cls):
+        try:
+            configs.append(entry.config.model_validate({"type": entry.name, **overrides}))
+        except Exception as exc:
+            raise registry.RegistryError(f"{entry.kind} '{entry.name}': conformance config {overrides} is "
+                                         f"invalid: {str(exc).splitlines()[0]}") from exc
+    return configs
+
+
+def _moved(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest difference between two outputs, relative to the larger of 1 and the outputs' scale."""
+    scale = max(1.0, a.detach().abs().max().item() if a.numel() else 1.0)
+    return (a.detach().float() - b.detach().float()).abs().max().item() / scale
 
 
 # --- the checks, usable on their own ---------------------------------------------------------------
@@ -178,17 +228,104 @@ def check_shapes(case: Case) -> None:
 
 
 def check_causal(case: Case, atol: float = 1e-5) -> None:
-    """Outputs before position t do not change when inputs at t and later do (every t, one at a time)."""
+    """For every t: outputs before position t do not change when the inputs at t and later do."""
     block = case.build().eval()
     x = _inputs()
     with torch.no_grad():
         y = block(x)
-        for t in (1, T // 2, T - 1):
+        for t in range(1, T):
             x2 = x.clone()
             x2[:, t:] = torch.randn(B, T - t, C, generator=torch.Generator().manual_seed(t))
-            y2 = block(x2)
-            leak = (y2[:, :t] - y[:, :t]).abs().max().item()
+            leak = (block(x2)[:, :t] - y[:, :t]).abs().max().item()
             assert leak <= atol, f"{case.id}: changing positions >= {t} changed earlier outputs by {leak:.3g}"
+
+
+def check_batch_independence(case: Case, rtol: float = 1e-5) -> None:
+    """Each sequence's output is the same computed alone as in a batch of three (within float rounding of
+    batched kernels: ``rtol`` of the outputs' scale). Batch statistics, or a router capacity shared by the
+    batch, fail here."""
+    block = case.build().eval()
+    x = _inputs(seed=2, batch=3)
+    with torch.no_grad():
+        together = block(x)
+        for b in range(3):
+            moved = _moved(together[b], block(x[b: b + 1])[0])
+            assert moved <= rtol, (f"{case.id}: sequence {b}'s output differs alone and in a batch by {moved:.3g} "
+                                   f"(relative); it must not depend on the other sequences")
+
+
+def check_determinism(case: Case) -> None:
+    """Built twice with the same seed: the same parameters and buffers, the same outputs in eval mode and, under
+    the same torch seed, in train mode (dropout); a second eval forward repeats the first exactly."""
+    a, b = case.build(seed=3), case.build(seed=3)
+    state_a = {**a.state_dict(), **dict(a.named_buffers())}
+    state_b = {**b.state_dict(), **dict(b.named_buffers())}
+    assert state_a.keys() == state_b.keys()
+    for name, value in state_a.items():
+        assert torch.equal(value, state_b[name]), f"{case.id}: '{name}' differs between two builds with one seed"
+    x = _inputs()
+    with torch.no_grad():
+        a.eval()
+        b.eval()
+        first, again, other = a(x), a(x), b(x)
+        assert torch.equal(first, again), f"{case.id}: a second forward of the same input gives another output"
+        assert torch.equal(first, other), f"{case.id}: two builds with one seed compute different outputs"
+        a.train()
+        b.train()
+        torch.manual_seed(7)
+        train_a = a(x)
+        torch.manual_seed(7)
+        train_b = b(x)
+    assert torch.equal(train_a, train_b), f"{case.id}: train-mode outputs differ under the same torch seed"
+
+
+def check_dtype_device(case: Case, rtol: float = 1e-4) -> None:
+    """dtype and device round trips.
+
+    float64: parameters and floating buffers follow ``.to(torch.float64)``, integer buffers keep their dtype,
+    the output is float64 and agrees with float32 within ``rtol``; back in float32 the block computes exactly
+    its first output. meta: a copy moved with ``.to("meta")`` runs on meta inputs, so every tensor the forward
+    uses moved with the module (none is held outside parameters and buffers). CUDA (when present, TF32 off):
+    outputs agree with the CPU within ``rtol``, and back on the CPU the block computes its first output.
+    """
+    block = case.build().eval()
+    x = _inputs()
+    integer = {n: t.dtype for n, t in block.named_buffers() if not t.is_floating_point()}
+    with torch.no_grad():
+        y = block(x)
+        block.to(torch.float64)
+        for name, t in [*block.named_parameters(), *block.named_buffers()]:
+            expected = integer.get(name, torch.float64)
+            assert t.dtype == expected, f"{case.id}: '{name}' is {t.dtype} after .to(float64), expected {expected}"
+        y64 = block(x.double())
+        assert y64.dtype == torch.float64, f"{case.id}: float64 inputs and weights gave a {y64.dtype} output"
+        moved = _moved(y, y64)
+        assert moved <= rtol, f"{case.id}: float64 and float32 outputs differ by {moved:.3g} (relative)"
+        block.to(torch.float32)
+        assert torch.equal(block(x), y), f"{case.id}: float32 -> float64 -> float32 changed the outputs"
+
+        meta = case.build().eval().to("meta")
+        for name, t in [*meta.named_parameters(), *meta.named_buffers()]:
+            assert t.device.type == "meta", f"{case.id}: '{name}' stayed on {t.device} after .to('meta')"
+        try:
+            out = meta(x.to("meta"))
+        except RuntimeError as exc:
+            raise AssertionError(f"{case.id}: the forward fails after .to('meta'), so it uses a tensor that "
+                                 f"did not move with the module (keep tensors as parameters or buffers): "
+                                 f"{str(exc).splitlines()[0]}") from exc
+        assert out.shape == y.shape
+
+        if torch.cuda.is_available():
+            tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            try:
+                block.to("cuda")
+                moved = _moved(y, block(x.to("cuda")).cpu())
+                assert moved <= rtol, f"{case.id}: CUDA and CPU outputs differ by {moved:.3g} (relative)"
+                block.to("cpu")
+                assert torch.equal(block(x), y), f"{case.id}: CPU -> CUDA -> CPU changed the outputs"
+            finally:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def check_gradients(case: Case) -> None:
@@ -296,6 +433,55 @@ def check_search_space(case: Case, extra: dict[str, Any] | None = None, trials: 
         study.tell(trial, 0.0)
 
 
+#: How far (relative to the largest logit) a compressed model's output may move with inputs elsewhere in the
+#: batch when its compression declares a ``position_coupling()``: int8 activations have 128 steps over each
+#: tensor's range, and a change elsewhere moves the grid by about a step per layer (measured on the kit's
+#: model: 2%). A real leak (a mask or a router reading the future) moves outputs by their own size.
+COUPLED_RTOL = 0.05
+
+
+def _compressed(case: Case) -> tuple[nn.Module, Any, Compression]:
+    model, task = CompressionConformance.tiny_model()
+    compressor = case.entry.cls(case.config or case.entry.config())
+    out = compressor.apply(model, CompressionConformance.finetune_for(task))
+    return out.eval(), task, compressor
+
+
+def _tolerance(compressor: Compression) -> float:
+    return COUPLED_RTOL if compressor.position_coupling() else 1e-5
+
+
+def check_compressed_causal(case: Case) -> None:
+    """The compressed tiny decoder is still causal: for every t, changing the tokens at t and later leaves the
+    logits before t where they were (within :data:`COUPLED_RTOL` when the compression declares a coupling)."""
+    model, task, compressor = _compressed(case)
+    x, _ = task.example_batch(B)
+    tol = _tolerance(compressor)
+    with torch.inference_mode():
+        y = model(x)
+        for t in range(1, x.shape[1]):
+            x2 = x.clone()
+            g = torch.Generator().manual_seed(t)
+            x2[:, t:] = torch.randint(0, task.num_outputs, x2[:, t:].shape, generator=g)
+            leak = _moved(y[:, :t], model(x2)[:, :t])
+            assert leak <= tol, (f"{case.id}: after compression, changing tokens >= {t} moved earlier logits by "
+                                 f"{leak:.3g} (relative; allowed {tol:g})")
+
+
+def check_compressed_batch_independence(case: Case) -> None:
+    """Each sequence's logits from the compressed tiny model are the same alone as in a batch of three (within
+    :data:`COUPLED_RTOL` when the compression declares a coupling)."""
+    model, task, compressor = _compressed(case)
+    x, _ = task.example_batch(3)
+    tol = max(_tolerance(compressor), 1e-5)
+    with torch.inference_mode():
+        together = model(x)
+        for b in range(3):
+            moved = _moved(together[b], model(x[b: b + 1])[0])
+            assert moved <= tol, (f"{case.id}: after compression, sequence {b}'s logits differ alone and in a "
+                                  f"batch by {moved:.3g} (relative; allowed {tol:g})")
+
+
 # --- pytest classes ---------------------------------------------------------------------------------
 class _Conformance:
     """Parametrizes the ``case`` argument of every test method over the registered blocks of ``kind``."""
@@ -313,6 +499,8 @@ class _Conformance:
             cases = list(self.cases())
             if getattr(metafunc.function, "causal_only", False):
                 cases = [c for c in cases if c.causal]
+            if getattr(metafunc.function, "default_config_only", False):
+                cases = [c for c in cases if c.config is None]
             metafunc.parametrize("case", cases, ids=[c.id for c in cases])
 
     @classmethod
@@ -329,8 +517,9 @@ class _Conformance:
     @classmethod
     def cases(cls) -> Iterator[Case]:
         for entry in cls.entries():
-            for causal in _modes(entry):
-                yield Case(entry, causal)
+            for config in case_configs(entry):
+                for causal in _modes(entry):
+                    yield Case(entry, causal, config=config)
 
     @staticmethod
     def skip_if_unrunnable(case: Case) -> None:
@@ -342,6 +531,18 @@ def _modes(entry: Entry) -> list[bool]:
     return entry.capabilities.directions()
 
 
+def _causal_only(method: Any) -> Any:
+    """Collect this test method for the causal cases only."""
+    method.causal_only = True
+    return method
+
+
+def _default_config_only(method: Any) -> Any:
+    """Collect this test method for each block's default config only (it samples or reads its own)."""
+    method.default_config_only = True
+    return method
+
+
 class _ModuleConformance(_Conformance):
     """The checks shared by every kind of block that is an ``nn.Module`` on the residual stream."""
 
@@ -349,11 +550,22 @@ class _ModuleConformance(_Conformance):
         self.skip_if_unrunnable(case)
         check_shapes(case)
 
+    @_causal_only
     def test_no_causal_leakage(self, case: Case) -> None:
         self.skip_if_unrunnable(case)
         check_causal(case)
 
-    setattr(test_no_causal_leakage, "causal_only", True)  # collected for causal cases only  # noqa: B010
+    def test_batch_independence(self, case: Case) -> None:
+        self.skip_if_unrunnable(case)
+        check_batch_independence(case)
+
+    def test_deterministic_under_a_seed(self, case: Case) -> None:
+        self.skip_if_unrunnable(case)
+        check_determinism(case)
+
+    def test_dtype_and_device_round_trips(self, case: Case) -> None:
+        self.skip_if_unrunnable(case)
+        check_dtype_device(case)
 
     def test_gradients_reach_every_parameter(self, case: Case) -> None:
         self.skip_if_unrunnable(case)
@@ -371,6 +583,7 @@ class _ModuleConformance(_Conformance):
         self.skip_if_unrunnable(case)
         check_bf16(case)
 
+    @_default_config_only
     def test_search_space_samples_valid_configs(self, case: Case) -> None:
         self.skip_if_unrunnable(case)
         check_search_space(case, self.example_spaces.get(case.entry.name))
@@ -384,10 +597,12 @@ class AttentionConformance(_ModuleConformance):
     @classmethod
     def cases(cls) -> Iterator[Case]:
         for entry in cls.entries():
-            for causal in _modes(entry):
-                for mode in sorted(entry.capabilities.positions):
-                    yield Case(entry, causal, position_of_mode(mode))
+            for config in case_configs(entry):
+                for causal in _modes(entry):
+                    for mode in sorted(entry.capabilities.positions):
+                        yield Case(entry, causal, position_of_mode(mode), config)
 
+    @_default_config_only
     def test_declares_position_modes(self, case: Case) -> None:
         unknown = set(case.entry.capabilities.positions) - set(POSITION_MODES)
         assert not unknown, f"{case.id}: unknown position modes {unknown}; valid: {POSITION_MODES}"
@@ -415,7 +630,8 @@ class CompressionConformance(_Conformance):
     @classmethod
     def cases(cls) -> Iterator[Case]:
         for entry in cls.entries():
-            yield Case(entry, causal=True)
+            for config in case_configs(entry):
+                yield Case(entry, causal=True, config=config)
 
     @staticmethod
     def tiny_model(seed: int = 0) -> tuple[nn.Module, Any]:
@@ -454,7 +670,7 @@ class CompressionConformance(_Conformance):
         x, _ = task.example_batch(2)
         with torch.no_grad():
             before = model(x)
-        compressor = case.entry.cls(config or case.entry.config())
+        compressor = case.entry.cls(config or case.config or case.entry.config())
         out = compressor.apply(model, self.finetune_for(task))
         out.eval()
         with torch.inference_mode():
@@ -469,6 +685,22 @@ class CompressionConformance(_Conformance):
         assert compressor.precision("fp32") in ("fp32", "bf16", "fp16")
         assert isinstance(compressor.info, dict)
 
+    def test_compressed_model_is_causal(self, case: Case) -> None:
+        self.skip_if_unrunnable(case)
+        check_compressed_causal(case)
+
+    def test_compressed_model_is_batch_independent(self, case: Case) -> None:
+        self.skip_if_unrunnable(case)
+        check_compressed_batch_independence(case)
+
+    def test_apply_is_deterministic(self, case: Case) -> None:
+        self.skip_if_unrunnable(case)
+        (first, task, _), (second, _, _) = _compressed(case), _compressed(case)
+        x, _ = task.example_batch(2)
+        with torch.inference_mode():
+            assert torch.equal(first(x), second(x)), f"{case.id}: applying twice gave two different models"
+
+    @_default_config_only
     def test_search_space_samples_valid_configs(self, case: Case) -> None:
         self.skip_if_unrunnable(case)
         check_search_space(case, self.example_spaces.get(case.entry.name), trials=3)

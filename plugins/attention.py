@@ -189,6 +189,7 @@ class GroupedQueryAttention(HeadAttention):
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
                                 time_exponent=(2, "every query scores every key"))
+    conformance_configs = [{"kv_heads": 2}]  # shared key/value heads in groups (the default is multi-query)
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         if dims.n_heads % config.kv_heads:
@@ -209,6 +210,11 @@ class SlidingWindowAttention(HeadAttention):
     """Local (sliding-window) softmax attention (Beltagy et al. 2020, "Longformer"; Mistral 7B, Jiang et al.
     2023): each query sees the keys fewer than ``window`` positions away, only earlier ones when causal.
 
+    The convention, in keys per query away from the edges: causal, ``window`` keys (itself and the
+    ``window - 1`` before it, Mistral's W); bidirectional, ``2 * window - 1`` keys (``window - 1`` on each side
+    and itself, Longformer's one-sided w = ``window - 1``). So a window of w hides from query i every key j
+    with ``|i - j| >= w``, in either direction.
+
     A window at least the sequence length is full attention and runs exactly the ``softmax`` code path. A
     shorter one runs blockwise: the sequence is cut into blocks of ``window`` queries, each attending to its own
     and the neighbouring key blocks, so time and memory grow as ``T * window`` instead of ``T^2``.
@@ -216,10 +222,13 @@ class SlidingWindowAttention(HeadAttention):
 
     class Config(BlockConfig):
         type: Literal["sliding_window"] = "sliding_window"
-        window: int = Field(64, ge=1, description="keys fewer than this many positions away are visible")
+        window: int = Field(64, ge=1, description="keys fewer than this many positions away are visible: "
+                            "window keys per query when causal, 2 * window - 1 when bidirectional")
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
                                 time_exponent=(1, "window keys per query"))
+    #: The default window (64) is at least the kit's sequence (full attention): check the blockwise path too.
+    conformance_configs = [{"window": 4}, {"window": 1}]
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -290,8 +299,11 @@ def _shift_blocks(x: torch.Tensor, offset: int) -> torch.Tensor:
 
 @register("attention", "block_sparse")
 class BlockSparseAttention(HeadAttention):
-    """Block-sparse softmax attention combining the patterns of the Sparse Transformer (Child et al. 2019) and
-    BigBird (Zaheer et al. 2020): neighbouring blocks, strided "summary" tokens and global tokens.
+    """Block-sparse softmax attention: local blocks, strided "summary" tokens (the fixed pattern of the Sparse
+    Transformer, Child et al. 2019) and global tokens.
+
+    Not BigBird (Zaheer et al. 2020): BigBird's window and global tokens are here, its random blocks are not,
+    so the pattern is the same for every layer and every input, and deterministic.
 
     Query i sees key j when (only j <= i when causal): they lie within ``local_blocks`` blocks of each other;
     or j is the last token of its block (``strided``, the Sparse Transformer's fixed pattern); or either is one
@@ -309,6 +321,9 @@ class BlockSparseAttention(HeadAttention):
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
                                 time_exponent=(2, "strided keys: T/block per query, and the dense mask on CPU"))
+    #: The default block (16) is the kit's whole sequence: check patterns with several blocks too.
+    conformance_configs = [{"block_size": 4, "local_blocks": 0, "global_tokens": 1},
+                           {"block_size": 4, "local_blocks": 1, "global_tokens": 0, "strided": False}]
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)

@@ -61,13 +61,21 @@ class Quantize(Compression):
     Levels: ``fp32`` (unchanged, a baseline inside the same choice), ``bf16``, ``int8``. The int8 kernels
     (fbgemm / x86) run on CPU only; on CUDA, use ``weight_only``. Parameters other than ``nn.Linear`` weights
     (embeddings, norms, stacked expert weights) stay in fp32. ``qat_steps`` > 0 fine-tunes first with weights
-    and inputs of every quantized layer passed through fake quantization (straight-through gradients).
+    and inputs of every quantized layer passed through fake quantization (straight-through gradients) on
+    exactly the grids the int8 kernels then use (see :func:`deployed_activation_range`; a test checks that the
+    fake-quantized and the deployed forward agree to float rounding).
+
+    The activation scale of the deployed kernels is taken per tensor, from the whole input (every sequence
+    and position of the batch): an int8 model's output at one position moves, by about a grid step, with
+    inputs elsewhere in the batch, later positions included (:meth:`position_coupling`).
     """
 
     class Config(BlockConfig):
         type: Literal["quantize"] = "quantize"
         level: Literal["fp32", "bf16", "int8"] = "int8"
         qat_steps: int = Field(0, ge=0, description="quantization-aware fine-tuning steps before int8 conversion")
+
+    conformance_configs = [{"level": "int8", "qat_steps": 2}, {"level": "bf16"}, {"level": "fp32"}]
 
     def apply(self, model: nn.Module, finetune: Finetune) -> nn.Module:
         level = self.config.level
@@ -92,6 +100,13 @@ class Quantize(Compression):
         # bf16 weights run natively; int8 kernels take fp32 activations (autocast would hand them bf16).
         return trained if self.config.level == "fp32" else "fp32"
 
+    def position_coupling(self) -> str | None:
+        if self.config.level != "int8":
+            return None
+        return ("int8 dynamic quantization takes each Linear input's scale and zero point from the whole "
+                "tensor (every sequence and position of the batch), so other inputs move an output by about "
+                "one grid step")
+
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     """``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` with per-channel int8 weights."""
@@ -105,22 +120,43 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
         return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
 
 
+def deployed_activation_range() -> tuple[int, int]:
+    """The grid (quant_min, quant_max) onto which the deployed int8 dynamic ``nn.Linear`` puts its input.
+
+    ``torch.ao.nn.quantized.dynamic.Linear`` asks its kernel for ``reduce_range=True``; the x86 and fbgemm
+    engines honour it and quantize activations to 7 bits (0..127), which leaves room for their 16-bit
+    intermediate sums. Measured with torch 2.13 on x86: inputs go on a per-tensor affine grid of scale
+    ``(max(x, 0) - min(x, 0)) / 127`` and zero point ``round(-min(x, 0) / scale)``, which this module's
+    parity test checks against ``quantize_dynamic`` itself. Other engines (qnnpack) use the full 0..255.
+    """
+    return (0, 127) if torch.backends.quantized.engine in ("x86", "fbgemm") else (0, 255)
+
+
+_OBSERVER_EPS = torch.finfo(torch.float32).eps  # the smallest scale torch's observers hand out
+
+
 class _FakeQuantWeight(nn.Module):
-    """Parametrization: symmetric per-output-channel int8 fake quantization of a weight (as int8 dynamic)."""
+    """Parametrization: a weight on the deployed int8 grid. ``per_channel_dynamic_qconfig`` observes weights
+    with a symmetric per-output-channel ``PerChannelMinMaxObserver`` on qint8: scale ``max|w_row| / 127.5``
+    (half the 255 steps of -128..127), zero point 0, values clamped to -128..127."""
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale = (w.detach().abs().amax(dim=1) / 127.5).clamp(min=1e-8).float()
+        scale = (w.detach().abs().amax(dim=1).float() / 127.5).clamp(min=_OBSERVER_EPS)
         zero = torch.zeros_like(scale, dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(w.float(), scale, zero, 0, -128, 127).to(w.dtype)
 
 
 def _fake_quant_input(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: per-tensor affine uint8 fake quantization of a layer's input, from its own range."""
+    """Forward pre-hook: a layer's input on the grid the deployed dynamic kernel puts it on
+    (:func:`deployed_activation_range`), from the input's own range, per tensor, as that kernel does."""
     x = args[0]
-    lo, hi = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
-    scale = ((hi - lo) / 255).clamp(min=1e-8).float().reshape(1)
-    zero = (-lo / scale).round().clamp(0, 255).int().reshape(1)
-    return (torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, 255).to(x.dtype), *args[1:])
+    qmin, qmax = deployed_activation_range()
+    lo = x.detach().min().clamp(max=0).double()
+    hi = x.detach().max().clamp(min=0).double()
+    scale = ((hi - lo) / (qmax - qmin)).float()  # the kernel's arithmetic: in double, stored as float
+    scale = torch.where((scale == 0) | torch.isinf(1 / scale), torch.full_like(scale, 0.1), scale).reshape(1)
+    zero = (qmin - lo.float() / scale).round().clamp(qmin, qmax).int().reshape(1)
+    return (torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, qmin, qmax).to(x.dtype), *args[1:])
 
 
 @contextlib.contextmanager
@@ -190,6 +226,8 @@ class MagnitudePrune(Compression):
         sparsity: float = Field(0.5, ge=0, lt=1, description="fraction of each layer's weights set to zero")
         finetune_steps: int = Field(0, ge=0, description="recovery fine-tuning steps with the zeros held")
 
+    conformance_configs = [{"finetune_steps": 2}]
+
     def apply(self, model: nn.Module, finetune: Finetune) -> nn.Module:
         from torch.nn.utils import prune
 
@@ -223,6 +261,7 @@ class StructuredPrune(Compression):
         finetune_steps: int = Field(0, ge=0, description="recovery fine-tuning steps after pruning")
 
     changes_shape = True
+    conformance_configs = [{"heads": 0.5, "neurons": 0.5, "finetune_steps": 2}]
 
     def apply(self, model: nn.Module, finetune: Finetune) -> nn.Module:
         heads = neurons = 0

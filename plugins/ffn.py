@@ -129,19 +129,41 @@ class MixtureOfExperts(nn.Module):
     2021; Switch Transformer, Fedus et al. 2022): ``num_experts`` MLP experts, each token sent to ``top_k``.
 
     Routing: a linear router gives each token a softmax over experts; the token goes to its ``top_k`` experts
-    and their outputs are summed, weighted by the router probabilities. Each expert takes at most ``capacity =
-    ceil(capacity_factor * top_k * tokens / num_experts)`` tokens per forward; the rest are dropped (that
-    expert adds nothing for them; the residual carries them on). Tokens are dispatched by gathering them
-    into fixed (E, capacity, C) buffers, so the experts' cost is ``capacity_factor * top_k`` experts per
-    token, whatever the routing, and FLOP counting on the meta device counts exactly that. First choices
-    are served before second choices, and earlier positions before later ones, so no token's output depends
-    on a later position: the block stays causal (it does depend on other sequences in the batch).
+    and their outputs are summed, weighted by the gates. With ``renormalize`` (the default) and ``top_k >= 2``
+    the gates are the chosen probabilities divided by their sum, so they add up to 1 (GShard's top-2, Mixtral);
+    otherwise they are the router probabilities themselves (with ``top_k = 1`` always: a renormalised single
+    gate would be 1 and the task loss would give the router no gradient, Switch's reason for keeping p).
+
+    Capacity, per sequence: in each sequence of T tokens, each expert takes at most ``capacity =
+    min(T, ceil(capacity_factor * top_k * T / num_experts))`` tokens; the choices over it are dropped (that
+    expert adds nothing for them; the residual carries them on). Within a sequence the choices are served
+    token by token in position order, each token's ``top_k`` choices in rank order, before any choice of a
+    later token. So whether a token keeps a choice depends only on itself and earlier positions of its own
+    sequence, which gives the block's two guarantees, both checked by ``nas.testing``:
+
+    * causal: the output at t does not depend on inputs after t (for every ``top_k`` and capacity);
+    * batch-independent: a sequence's output does not depend on the other sequences of the batch (a
+      capacity shared by the batch would make it depend on them, and on the batch size at evaluation).
+
+    It does depend on the sequence length T, through the capacity. Tokens are dispatched by gathering them
+    into fixed (E, B * capacity, C) buffers, so the experts' cost is about ``capacity_factor * top_k``
+    experts per token, whatever the routing, and FLOP counting on the meta device counts exactly that.
 
     Training adds ``aux_loss()``: the Switch load-balancing loss ``E * sum_e f_e * P_e`` (``f_e`` the share of
     routing choices, ``P_e`` the mean router probability of expert e) times ``balance_loss``, plus the router
     z-loss (ST-MoE, Zoph et al. 2022) ``mean(logsumexp(logits)^2)`` times ``z_loss``. ``stats()`` reports each
     expert's share of routed tokens and the dropped share since ``reset_stats()``.
     """
+
+    #: Configs the conformance kit (``nas.testing``) checks besides the default one: several ``top_k`` and
+    #: capacities, tight ones included, where routing order decides which choices are dropped.
+    conformance_configs = [
+        {"num_experts": 4, "top_k": 1, "capacity_factor": 0.5},
+        {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0},
+        {"num_experts": 4, "top_k": 2, "capacity_factor": 0.5},
+        {"num_experts": 4, "top_k": 3, "capacity_factor": 1.25},
+        {"num_experts": 4, "top_k": 2, "capacity_factor": 0.5, "renormalize": False},
+    ]
 
     class Config(BlockConfig):
         type: Literal["moe"] = "moe"
@@ -152,6 +174,8 @@ class MixtureOfExperts(nn.Module):
         activation: Literal["gelu", "relu"] = "gelu"
         balance_loss: float = Field(0.01, ge=0, description="weight of the load-balancing auxiliary loss")
         z_loss: float = Field(0.0, ge=0, description="weight of the router z-loss (0: off)")
+        renormalize: bool = Field(True, description="top_k >= 2: gates are the chosen probabilities over their "
+                                  "sum (they add up to 1); off: the raw router probabilities")
 
         @model_validator(mode="after")
         def _check(self) -> "MixtureOfExperts.Config":
@@ -195,37 +219,41 @@ class MixtureOfExperts(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         B, T, C = x.shape
         E, k = self.config.num_experts, self.config.top_k
-        tokens = x.transpose(0, 1).reshape(T * B, C)  # (N, C) position-major: earlier positions first
-        N = tokens.shape[0]
-        logits = self.router(tokens).float()  # (N, E)
+        logits = self.router(x).float()  # (B, T, E)
         probs = logits.softmax(-1)
-        gate, expert = probs.topk(k, dim=-1)  # (N, k)
-        # Routing choices in priority order: all first choices, then all second choices... (k*N,)
-        expert, gate = expert.T.reshape(-1), gate.T.reshape(-1)
-        token = torch.arange(N, device=x.device).repeat(k)
-        onehot = torch.zeros(k * N, E, device=x.device).scatter_(1, expert[:, None], 1.0)  # (kN, E)
-        slot_in_expert = ((onehot.cumsum(0) - 1.0) * onehot).sum(-1).long()  # place in its expert's queue
-        capacity = min(N, math.ceil(self.config.capacity_factor * k * N / E))
-        kept = slot_in_expert < capacity
-        slot = torch.where(kept, expert * capacity + slot_in_expert, E * capacity)  # overflow -> a spare row
-        buffer = tokens.new_zeros(E * capacity + 1, C).index_add(0, slot, tokens[token])  # (E*cap + 1, C)
-        h = buffer[:-1].view(E, capacity, C)
-        h = self.act(torch.baddbmm(self.b_up[:, None, :].to(h.dtype), h, self.w_up.to(h.dtype)))  # (E, cap, Hd)
-        h = torch.baddbmm(self.b_down[:, None, :].to(h.dtype), h, self.w_down.to(h.dtype))  # (E, cap, C)
-        h = torch.cat([h.reshape(E * capacity, C), h.new_zeros(1, C)])  # the spare row contributes zero
-        weight = (gate * kept).to(h.dtype)[:, None]  # (kN, 1)
-        out = tokens.new_zeros(N, C, dtype=h.dtype).index_add(0, token, h[slot] * weight)  # (N, C)
+        gate, expert = probs.topk(k, dim=-1)  # (B, T, k), in rank order
+        if self.config.renormalize and k > 1:
+            gate = gate / gate.sum(-1, keepdim=True)
+        # Routing choices in priority order within each sequence: token 0's k choices, then token 1's, ...
+        expert, gate = expert.reshape(B, T * k), gate.reshape(B, T * k)  # (B, Tk)
+        onehot = torch.zeros(B, T * k, E, device=x.device).scatter_(2, expert[..., None], 1.0)  # (B, Tk, E)
+        slot_in_expert = ((onehot.cumsum(1) - 1.0) * onehot).sum(-1).long()  # place in its expert's queue
+        capacity = min(T, math.ceil(self.config.capacity_factor * k * T / E))
+        kept = slot_in_expert < capacity  # (B, Tk)
+        # Buffer rows expert-major: row (e, b, slot) = e * B * capacity + b * capacity + slot; overflow -> spare
+        sequence = torch.arange(B, device=x.device)[:, None]  # (B, 1)
+        slot = torch.where(kept, (expert * B + sequence) * capacity + slot_in_expert, E * B * capacity)  # (B, Tk)
+        slot = slot.reshape(-1)  # (BTk,)
+        token = (sequence * T + torch.arange(T * k, device=x.device) // k).reshape(-1)  # (BTk,) row of x
+        tokens = x.reshape(B * T, C)
+        buffer = tokens.new_zeros(E * B * capacity + 1, C).index_add(0, slot, tokens[token])  # (E*B*cap + 1, C)
+        h = buffer[:-1].view(E, B * capacity, C)
+        h = self.act(torch.baddbmm(self.b_up[:, None, :].to(h.dtype), h, self.w_up.to(h.dtype)))  # (E, Bcap, Hd)
+        h = torch.baddbmm(self.b_down[:, None, :].to(h.dtype), h, self.w_down.to(h.dtype))  # (E, Bcap, C)
+        h = torch.cat([h.reshape(E * B * capacity, C), h.new_zeros(1, C)])  # the spare row contributes zero
+        weight = (gate * kept).to(h.dtype).reshape(-1, 1)  # (BTk, 1)
+        out = tokens.new_zeros(B * T, C, dtype=h.dtype).index_add(0, token, h[slot] * weight)  # (BT, C)
 
-        share = onehot.mean(0) * E  # (E,) routing share relative to an even one; f_e = share / E
-        aux = self.config.balance_loss * (share * probs.mean(0)).sum()
+        share = onehot.mean((0, 1)) * E  # (E,) routing share relative to an even one; f_e = share / E
+        aux = self.config.balance_loss * (share * probs.mean((0, 1))).sum()
         if self.config.z_loss:
             aux = aux + self.config.z_loss * torch.logsumexp(logits, -1).pow(2).mean()
         self._aux = aux if torch.is_grad_enabled() else None  # inference needs no auxiliary loss
         with torch.no_grad():
-            self._load += (onehot * kept[:, None]).sum(0).long()
+            self._load += (onehot * kept[..., None]).sum((0, 1)).long()
             self._dropped += (~kept).sum()
-            self._choices += k * N
-        return out.view(T, B, C).transpose(0, 1).to(x.dtype)
+            self._choices += kept.numel()
+        return out.view(B, T, C).to(x.dtype)
 
     def aux_loss(self) -> torch.Tensor | None:
         """The auxiliary loss of the last forward (load balancing + z-loss), added to the training loss.

@@ -129,25 +129,44 @@ class PerformerAttention(_KernelAttention):
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ABSOLUTE_POSITIONS,
                                 time_exponent=(1, "M x D state per head"))
+    conformance_configs = [{"num_features": 5}]  # fewer features than a head's width: a partial block
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
         self.register_buffer("projection", orthogonal_gaussian(config.num_features, dims.head_dim))  # (M, D)
 
     def features(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
-        D, M = x.shape[-1], self.projection.shape[0]
-        x = x * D ** -0.25
-        logits = x @ self.projection.float().T - 0.5 * (x * x).sum(-1, keepdim=True)  # (B, H, T, M)
+        logits = favor_logits(x, self.projection.float())  # (B, H, T, M)
         if is_query:
             logits = logits - logits.amax(-1, keepdim=True).detach()
-        return torch.exp(logits) / math.sqrt(M)
+        return torch.exp(logits) / math.sqrt(self.projection.shape[0])
+
+
+def favor_logits(x: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """``w_m . x' - |x'|^2 / 2`` with ``x' = x / D^(1/4)``: the exponents of FAVOR+'s positive features.
+
+    x: (..., D); projection: (M, D) -> (..., M). With ``phi(x) = exp(logits) / sqrt(M)``, ``phi(q) . phi(k)``
+    is an unbiased estimate of ``exp(q . k / sqrt(D))`` when every row of ``projection`` is N(0, I) distributed
+    (Choromanski et al. 2021, Lemma 1), as :func:`orthogonal_gaussian`'s rows are.
+    """
+    x = x * x.shape[-1] ** -0.25
+    return x @ projection.T - 0.5 * (x * x).sum(-1, keepdim=True)
 
 
 def orthogonal_gaussian(m: int, d: int) -> torch.Tensor:
-    """(m, d) rows: blocks of d orthogonal directions, each row rescaled to the norm of a Gaussian vector."""
+    """(m, d) rows: blocks of d orthogonal directions, each row rescaled to the norm of a Gaussian vector.
+
+    Each block is the Q of a Gaussian matrix's QR decomposition with its columns multiplied by the signs of
+    R's diagonal: only then is Q Haar-distributed (Mezzadri 2007, "How to generate random matrices from the
+    classical compact groups"). Without it, LAPACK's convention (here: the first coordinate of the first row
+    always negative) biases every direction, and the kernel estimate with it, by an amount that more features
+    do not shrink. A uniformly distributed unit direction times an independent chi-distributed norm is a
+    N(0, I) vector, so each row is marginally Gaussian while the rows of a block stay orthogonal.
+    """
     blocks = []
     for _ in range(-(-m // d)):
-        q, _ = torch.linalg.qr(torch.randn(d, d))
+        q, r = torch.linalg.qr(torch.randn(d, d))
+        q = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0)  # column j times sign(R_jj): Haar-distributed
         blocks.append(q.T)
     directions = torch.cat(blocks)[:m]  # (m, d) unit rows
     return directions * torch.randn(m, d).norm(dim=1, keepdim=True)
@@ -169,6 +188,7 @@ class LinformerAttention(HeadAttention):
 
     capabilities = Capabilities(causal=False, bidirectional=True, positions=ABSOLUTE_POSITIONS,
                                 time_exponent=(1, "keys projected to proj_len rows"))
+    conformance_configs = [{"proj_len": 4}]  # fewer projected rows than the kit's sequence
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         if dims.causal:

@@ -27,9 +27,10 @@ class Mamba(nn.Module):
     out_proj``. The SSM has a diagonal ``A`` (E x N) and input-dependent step ``dt``, ``B`` and ``C``:
     ``h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t``, ``y_t = C_t h_t + D u_t``. The scan is a Python loop over
     positions (no fused kernel): linear in T but slow; correct, and differentiable on CPU. For encoder tasks
-    the same mixer also runs right to left and the two directions are summed (shared weights, as a simple
-    form of Vision Mamba's bidirectional block). Order is built in, so it takes no position scheme other than
-    absolute embeddings.
+    the same mixer also runs right to left and the two scans are summed (shared weights, as a simple form of
+    Vision Mamba's bidirectional block); the skip ``D * u`` is a per-position term, so it is added once (the
+    mean of the two directions' post-conv ``u``), not once per direction. Order is built in, so it takes no
+    position scheme other than absolute embeddings.
     """
 
     class Config(BlockConfig):
@@ -60,21 +61,24 @@ class Mamba(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, E) each
-        y = self.mix(u)
-        if not self.causal:
-            y = y + self.mix(u.flip(1)).flip(1)
-        return self.out_proj(y * F.silu(z))
+        y, skip = self.mix(u)
+        if not self.causal:  # right to left as well; the skip D * u counted once, as the mean of both directions
+            y_back, skip_back = self.mix(u.flip(1))
+            y, skip = y + y_back.flip(1), 0.5 * (skip + skip_back.flip(1))
+        return self.out_proj((y + skip) * F.silu(z))
 
-    def mix(self, u: torch.Tensor) -> torch.Tensor:
-        """Causal conv, SiLU and the selective scan over positions left to right. (B, T, E) -> (B, T, E)."""
+    def mix(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Causal conv, SiLU and the selective scan over positions left to right: the scan's ``C_t h_t`` and the
+        skip ``D * u_t`` (u after the conv), each (B, T, E), from u (B, T, E)."""
         T = u.shape[1]
         u = F.silu(self.conv(u.transpose(1, 2))[..., :T].transpose(1, 2))  # (B, T, E)
         dt, Bm, Cm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))  # (B, T, E)
         dtype = u.dtype
         with fp32_region(u.device):  # the recurrence in fp32 under any precision
-            return selective_scan(u.float(), dt.float(), -torch.exp(self.A_log.float()), Bm.float(), Cm.float(),
-                                  self.D.float()).to(dtype)
+            y = selective_scan(u.float(), dt.float(), -torch.exp(self.A_log.float()), Bm.float(), Cm.float(),
+                               torch.zeros_like(self.D, dtype=torch.float32))
+        return y.to(dtype), u * self.D.to(dtype)
 
 
 def selective_scan(u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

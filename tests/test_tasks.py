@@ -14,26 +14,50 @@ from nas_plugins.tasks import mqar_examples
 
 
 # --- MQAR ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("vocab, seq_len, pairs", [(32, 16, 2), (64, 32, 4), (16, 15, 4), (8192, 64, 8)])
+@pytest.mark.parametrize("vocab, seq_len, pairs", [(32, 16, 2), (64, 32, 4), (16, 16, 4), (8192, 64, 8)])
 def test_mqar_semantics(vocab, seq_len, pairs):
+    """Zoology's MQAR: distinct keys and distinct values, each key queried once after the context, the answer
+    at the query position and never written after it, random filler everywhere else."""
     x, y = mqar_examples(50, vocab, seq_len, pairs, power_a=0.01, generator=torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (50, seq_len) and x.dtype == y.dtype == torch.long
     half = vocab // 2
+    answer_follows = filler_positions = 0
     for row_x, row_y in zip(x.tolist(), y.tolist()):
         keys, values = row_x[0: 2 * pairs: 2], row_x[1: 2 * pairs: 2]
         assert all(1 <= k <= half - 1 for k in keys) and len(set(keys)) == pairs  # distinct keys 1..V/2-1
-        assert all(half <= v <= vocab - 1 for v in values)  # values V/2..V-1
+        assert all(half <= v <= vocab - 1 for v in values) and len(set(values)) == pairs  # distinct values
         assert all(t == -100 for t in row_y[: 2 * pairs])  # no target inside the key-value context
         queries = [t for t, target in enumerate(row_y) if target != -100]
         assert len(queries) == pairs  # each key queried once
+        assert sorted(row_x[t] for t in queries) == sorted(keys)
         for t in queries:
-            key = row_x[t]
-            assert key in keys  # a query position holds a key seen earlier ...
-            assert row_y[t] == values[keys.index(key)]  # ... and its target is the value paired with it
-            if t + 1 < seq_len:
-                assert row_x[t + 1] == row_y[t]  # then the answer follows as the next input
-        answered = set(queries) | {t + 1 for t in queries}
-        assert all(row_x[t] == 0 for t in range(2 * pairs, seq_len) if t not in answered)  # the rest is padding
+            assert (t - 2 * pairs) % 2 == 0  # at the first position of a two-position slot
+            assert row_y[t] == values[keys.index(row_x[t])]  # the target is the value paired with the key
+            answer_follows += t + 1 < seq_len and row_x[t + 1] == row_y[t]
+        filler_positions += seq_len - 2 * pairs - pairs
+    assert answer_follows <= 0.1 * 50 * pairs  # only by chance (filler is 1/V likely to equal it)
+    filler = x[:, 2 * pairs:][y[:, 2 * pairs:] == -100]
+    assert filler.numel() == filler_positions
+    assert len(set(filler.tolist())) > 0.5 * min(vocab, filler.numel())  # random tokens, not one padding id
+
+
+def test_mqar_filler_is_uniform_over_the_vocabulary():
+    x, y = mqar_examples(400, 16, 64, 2, power_a=0.01, generator=torch.Generator().manual_seed(0))
+    filler = x[:, 4:][y[:, 4:] == -100]
+    counts = torch.bincount(filler, minlength=16).float()
+    assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean()
+
+
+def test_mqar_distinct_draws_are_uniform():
+    from nas_plugins.tasks import distinct_ints
+
+    g = torch.Generator().manual_seed(0)
+    for high in (6, 400):  # the dense (permutation) and the sparse (redraw) paths
+        draws = distinct_ints(20000, 1, high, 3, g)
+        assert ((draws >= 1) & (draws < high)).all()
+        assert (draws.sort(dim=1).values.diff(dim=1) > 0).all()
+        counts = torch.bincount(draws[:, 0], minlength=high)[1:].float()
+        assert counts.std() / counts.mean() < 0.2 if high == 6 else counts.max() < 3 * counts.mean()
 
 
 def test_mqar_short_gaps_are_likelier():
@@ -79,6 +103,24 @@ def test_mqar_config_rejects_impossible_sizes(write_spec):
         load_spec(write_spec("task: {type: mqar, seq_len: 8, num_kv_pairs: 4}\n"), device="cpu")
     with pytest.raises(SpecError, match="distinct keys"):
         load_spec(write_spec("task: {type: mqar, vocab_size: 8, num_kv_pairs: 4}\n"), device="cpu")
+    with pytest.raises(SpecError, match="both 5"):
+        load_spec(write_spec("task: {type: mqar, train_seed: 5, test_seed: 5}\n"), device="cpu")
+
+
+def test_mqar_trains_on_a_fixed_set_in_epochs(make_task):
+    """As in Zoology: a fixed training set, visited in a new order each epoch; the test set is another one."""
+    task = make_task("mqar", train_examples=48, test_examples=16)
+    seen = [x for x, _ in itertools.islice(task.train_batches(16, seed=0), 6)]  # two epochs of 3 batches
+    first, second = torch.cat(seen[:3]), torch.cat(seen[3:])
+    as_set = lambda t: {tuple(r) for r in t.tolist()}  # noqa: E731
+    assert len(as_set(first)) == 48 and as_set(first) == as_set(second)  # every example once per epoch
+    assert not torch.equal(first, second)  # reshuffled
+    assert not as_set(first) & as_set(next(task.eval_batches(16))[0])
+    fresh = make_task("mqar", train_examples=None)
+    a, b = itertools.islice(fresh.train_batches(16, seed=0), 2)
+    assert not torch.equal(a[0], b[0])
+    with pytest.raises(ValueError, match="exceeds the 48 training examples"):
+        next(task.train_batches(64, seed=0))
 
 
 class _RecallOracle(torch.nn.Module):
