@@ -20,7 +20,6 @@ spec, the plugins and their versions, ``hypervolume`` stepped by finished trial,
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SearchTracker", "TRACKED_INFO"]
 
-log = logging.getLogger("nas.search")
 T = TypeVar("T")
 
 #: What of a trial's ``info`` becomes tags (and is kept in the journal to rebuild the run from).
@@ -131,11 +129,6 @@ class SearchTracker:
         except Exception as exc:
             self._lost(exc)
             return default
-
-    @property
-    def client(self) -> "MlflowClient":
-        assert self._client is not None, "MLflow is offline"
-        return self._client
 
     # -- the search --------------------------------------------------------------------------------
     def start_search(self, name: str, spec: Spec, yaml_path: Path, plugins: list[dict[str, str]],
