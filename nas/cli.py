@@ -195,8 +195,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     c = outcome.counts
-    print(f"search '{args.name}' ({paths.journal}): {c.complete} complete, {c.failed} failed, "
-          f"{c.infeasible} infeasible, {c.interrupted} interrupted")
+    print(f"search '{args.name}' ({paths.journal}): {c.complete} complete, {c.stopped} stopped early, "
+          f"{c.failed} failed, {c.infeasible} infeasible, {c.repeats} repeats, {c.interrupted} interrupted; "
+          f"{c.steps} training steps")
     print(f"hypervolume: {hv:.6g} (reference point {ref})" if hv is not None else "hypervolume: -")
     print("\nPareto front:\n" + format_table(front))
     if args.all:

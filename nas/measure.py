@@ -3,8 +3,9 @@
 Method (also stored with every result, so a figure always says how it was made):
 
 * latency: ``model.eval()`` under ``torch.inference_mode``; ``warmup`` untimed forwards, then ``repeats``
-  timed ones; median and 90th percentile. CUDA: CUDA events around each forward. CPU: ``time.perf_counter``
-  around each forward with ``torch.set_num_threads(threads)``.
+  timed ones; median, 90th percentile, and a distribution-free 95% confidence interval of the median (the
+  order statistics that the binomial(repeats, 1/2) distribution puts around it). CUDA: CUDA events around
+  each forward. CPU: ``time.perf_counter`` around each forward with ``torch.set_num_threads(threads)``.
 * memory: the peak bytes held by tensors during one inference forward, and during one training step
   (forward, backward, AdamW update, optimizer state already created), including the tensors alive at its
   start (parameters, optimizer state, inputs). CUDA: ``torch.cuda.max_memory_allocated``. CPU: every
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import statistics
 import sys
@@ -29,8 +31,8 @@ from torch import nn
 from .blocks import aux_loss
 from .runtime import autocast, loss_fn
 
-__all__ = ["measure_latency", "timed", "peak_memory", "working_peak", "allocation_trace", "inference_memory",
-           "train_step_memory", "sync", "METHOD"]
+__all__ = ["measure_latency", "timed", "median_interval", "peak_memory", "working_peak", "allocation_trace",
+           "inference_memory", "train_step_memory", "sync", "METHOD"]
 
 METHOD = {
     "latency": "median/p90 of repeated inference forwards after warm-up; CUDA events on GPU, perf_counter on CPU",
@@ -65,7 +67,25 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
             times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
-    return {"latency_ms": statistics.median(times), "latency_p90_ms": p90}
+    low, high = median_interval(times)
+    return {"latency_ms": statistics.median(times), "latency_p90_ms": p90, "latency_ci_low_ms": low,
+            "latency_ci_high_ms": high}
+
+
+def median_interval(samples: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval of the median: ``(x_(j), x_(n+1-j))`` of the sorted samples for
+    the largest ``j`` with ``P(j <= B < n+1-j) >= confidence``, B ~ binomial(n, 1/2). With too few samples
+    for that confidence (n < 6 at 95%), the full range."""
+    xs, n = sorted(samples), len(samples)
+    if n == 0:
+        return math.nan, math.nan
+    cdf = [0.0]  # cdf[k] = P(B < k)
+    for k in range(n + 1):
+        cdf.append(cdf[-1] + math.comb(n, k) / 2**n)
+    j = 1
+    while j + 1 <= n // 2 and cdf[n + 1 - (j + 1)] - cdf[j + 1] >= confidence:
+        j += 1
+    return xs[j - 1], xs[n - j]
 
 
 def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int, threads: int,

@@ -25,6 +25,7 @@ class TrialRow:
     feasible: bool = True
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    verified: bool = False  # the latency values were measured again at the end, with nothing else running
 
 
 @dataclass
@@ -58,11 +59,16 @@ def format_table(front: Front, only_front: bool = True) -> str:
     first_dir = front.objectives[0][1]
     rows.sort(key=lambda rk: rk[0].values[0] * (-1 if first_dir == "maximize" else 1))
     headers = ["trial", "architecture"] + [f"{m} ({'max' if d == 'maximize' else 'min'})" for m, d in front.objectives]
+    verified = any(r.verified for r, _ in rows)
+    if verified:
+        headers.append("latency")
     if not only_front:
         headers.append("rank")
     body = []
     for r, k in rows:
         line = [str(r.number), r.summary] + [f"{v:.4g}" for v in r.values]
+        if verified:  # whether its latency is the value measured again alone at the end, or the first one
+            line.append("verified" if r.verified else "first run")
         body.append(line + ([str(k)] if not only_front else []))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

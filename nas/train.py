@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +31,7 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     final_loss: float = math.nan
+    stopped: bool = False  # stopped early at a rung (``steps`` says which)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
@@ -95,8 +96,13 @@ def _mean_over_workers(loss: torch.Tensor) -> float:
 
 
 def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.device,
-          batches: Iterator[Batch] | None = None, on_log: Callable[[int, float], None] | None = None) -> TrainResult:
+          batches: Iterator[Batch] | None = None, on_log: Callable[[int, float], None] | None = None,
+          rungs: Sequence[int] = (), at_rung: Callable[[int], bool] | None = None) -> TrainResult:
     """Train ``model`` in place for ``cfg.steps`` steps. Raises :class:`NonFiniteLoss` on NaN/inf loss.
+
+    After each step count in ``rungs``, ``at_rung(steps done)`` decides whether to go on; False stops here
+    (``stopped``). The schedule stays that of the full budget: a trial that goes on is the trial it would have
+    been without the rung.
 
     Deterministic for a fixed ``cfg.seed`` on the same device and thread count.
     """
@@ -111,6 +117,7 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
     teacher = load_teacher(cfg.distill, task, device) if cfg.distill is not None else None
     batches = batches if batches is not None else task.train_batches(cfg.batch_size, seed=cfg.seed)
     result = TrainResult()
+    rung_set = set(rungs)
     start = time.perf_counter()
     for step in range(cfg.steps):
         x, y = next(batches)
@@ -148,6 +155,9 @@ def train(model: nn.Module, task: Task, cfg: TrainingConfig, device: torch.devic
             result.curve.append((step, value))
             if on_log is not None:
                 on_log(step, value)
+        if at_rung is not None and result.steps in rung_set and not at_rung(result.steps):
+            result.stopped = True
+            break
     result.final_loss = result.curve[-1][1] if result.curve else math.nan
     result.seconds = time.perf_counter() - start
     return result

@@ -110,9 +110,15 @@ def mlflow_runs(root: Path, name: str) -> tuple[Any, Any, list[Any]]:
     return client, parents[0], children
 
 
+def trained(study: Any) -> list[Any]:
+    """The trials that trained their architecture (not repeats of one trained before)."""
+    return [t for t in study.get_trials(deepcopy=False) if "repeat_of" not in t.user_attrs]
+
+
 def states(study: Any) -> dict[str, int]:
+    """Trained trials by state."""
     out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
+    for t in trained(study):
         out[t.state.name] = out.get(t.state.name, 0) + 1
     return out
 
@@ -160,11 +166,15 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_search_completes_the_requested_trials_and_resuming_adds_only_the_missing_ones(e2e):
     first, second, third = e2e["runs"]
-    assert first["counts"] == {"complete": 4, "failed": 0, "interrupted": 0, "infeasible": 0}
+    repeats = first["counts"].pop("repeats")
+    assert first["counts"] == {"complete": 4, "failed": 0, "interrupted": 0, "infeasible": 0, "stopped": 0,
+                               "steps": 4 * 20}
     assert second["counts"]["complete"] == third["counts"]["complete"] == 6
     assert first["aborted"] is None and third["aborted"] is None
     assert states(e2e["study"]) == {"COMPLETE": 6}
-    assert [t.number for t in e2e["study"].trials] == list(range(6))
+    assert len(e2e["study"].trials) == 6 + third["counts"]["repeats"] and third["counts"]["repeats"] >= repeats
+    # 8 architectures in this space: the sampler proposes some twice, none is trained twice
+    assert len({t.user_attrs["arch_key"] for t in trained(e2e["study"])}) == 6
     # one MLflow parent run across all three invocations
     assert first["mlflow_parent_run_id"] == second["mlflow_parent_run_id"] == third["mlflow_parent_run_id"]
 
@@ -174,7 +184,7 @@ def test_every_trial_is_a_child_run_with_its_architecture_metrics_curve_and_tags
     assert parent.info.run_id == e2e["runs"][-1]["mlflow_parent_run_id"]
     assert parent.info.status == "FINISHED"
     assert len(children) == 6
-    by_run = {t.user_attrs["mlflow_run_id"]: t for t in e2e["study"].trials}
+    by_run = {t.user_attrs["mlflow_run_id"]: t for t in trained(e2e["study"])}
     assert set(by_run) == {c.info.run_id for c in children}
     for child in children:
         trial = by_run[child.info.run_id]
@@ -233,11 +243,14 @@ def test_the_logged_front_is_the_front_of_the_child_runs_metrics(e2e):
     client, parent, children = mlflow_runs(e2e["root"], "e2e")
     children = sorted(children, key=lambda c: int(c.data.tags["trial_number"]))
     directions = [d for _, d in OBJECTIVES]
-    values = [[c.data.metrics[m] for m, _ in OBJECTIVES] for c in children]
+    # the front is computed from the latency measured again alone where there is one (verified trials)
+    values = [[c.data.metrics.get(f"verified_{m}", c.data.metrics[m]) for m, _ in OBJECTIVES] for c in children]
     ranks = nondominated_ranks(to_minimize(values, directions)).tolist()
+    verified = {int(c.data.tags["trial_number"]) for c in children if c.data.tags.get("verified") == "true"}
     assert [int(c.data.tags["pareto_rank"]) for c in children] == ranks
     expected = {int(c.data.tags["trial_number"]) for c, r in zip(children, ranks) if r == 0}
     assert {int(c.data.tags["trial_number"]) for c in children if c.data.tags["pareto"] == "true"} == expected
+    assert expected <= verified  # every front trial was re-measured
 
     folder = Path(client.download_artifacts(parent.info.run_id, "front", str(e2e["cwd"] / "downloaded")))
     stored = json.loads((folder / "front.json").read_text())
@@ -304,7 +317,7 @@ def test_show_reports_the_same_front(e2e):
 
     code, out, _ = run_cli(e2e["cwd"], "show", "e2e", "--all", "--dir", "out")
     assert code == 0
-    assert "Pareto front:" in out and "6 complete, 0 failed" in out
+    assert "Pareto front:" in out and "6 complete, 0 stopped early, 0 failed" in out
     for row in searched["front"]:
         assert f"\n{row['number']} " in out
 
@@ -431,7 +444,8 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     one that returns NaN, one that needs 1 GiB, and plain softmax (enqueued in the study beforehand)."""
     cwd = tmp_path_factory.mktemp("failing")
     (cwd / "nas_test_failing_blocks.py").write_text(FAILING_BLOCKS)
-    search = "{n_trials: 5, concurrency: 2, sampler: {type: random}, dir: out, resources: {memory_mb: 64}}"
+    search = ("{n_trials: 5, concurrency: 2, sampler: {type: random}, deduplicate: false, dir: out, "
+              "resources: {memory_mb: 64}}")
     (cwd / "space.yaml").write_text(space_text("failing", FAILING_BODY, search, plugins="nas_test_failing_blocks"))
     enqueue(cwd / "out", "failing", ["maximize", "minimize"],
             [{"attention.type": block} for block in ("t_raises", "t_nan", "t_hog", "softmax")])
@@ -504,7 +518,8 @@ with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "driver.pid")
 def test_consecutive_failures_abort_the_search_with_a_clear_message(tmp_path):
     (tmp_path / "nas_test_driver_only.py").write_text(DRIVER_ONLY)
     (tmp_path / "driver.pid").write_text(str(os.getpid()))
-    search = "{n_trials: 12, concurrency: 2, max_consecutive_failures: 3, sampler: {type: random}, dir: out}"
+    search = ("{n_trials: 12, concurrency: 2, max_consecutive_failures: 3, sampler: {type: random}, "
+              "deduplicate: false, dir: out}")
     body = "model: {d_model: [16, 32], n_layers: 1, n_heads: 2}"
     (tmp_path / "space.yaml").write_text(space_text("doomed", body, search, plugins="nas_test_driver_only"))
     code, out, err = run_cli(tmp_path, "search", "space.yaml", "--quiet")
@@ -528,40 +543,43 @@ def test_consecutive_failures_abort_the_search_with_a_clear_message(tmp_path):
     assert sorted(c.info.status for c in children) == sorted(["FAILED"] * 3 + ["KILLED"] * len(interrupted))
 
 
-def test_constraints_prune_oversized_samples_and_keep_violators_off_the_front(tmp_path):
-    """max_params rules a sample out before training (PRUNED, no run, not counted); a soft constraint
-    (max_latency_ms) keeps a trained trial off the front."""
+def test_limits_rule_architectures_out_before_training_and_keep_them_off_the_front(tmp_path):
+    """max_params rules a sample out on the meta device (PRUNED, no run); max_latency_ms rules the other one out
+    in the worker, measured untrained and never trained (PRUNED, a run with its measured values). Either way
+    the sampler sees the constraint values, nothing counts towards n_trials, and the front stays empty: the
+    space holds no feasible architecture, so the search ends once the sampler only repeats itself."""
     body = """
         model: {d_model: [16, 64], n_layers: 1, n_heads: 2}
         space:
           position: [{type: rope}]
         constraints: {max_params: 10000, max_latency_ms: 0.000001}
         """
-    search = "{n_trials: 2, concurrency: 2, sampler: {type: tpe}, dir: out}"
+    search = "{n_trials: 2, concurrency: 2, sampler: {type: tpe}, max_consecutive_repeats: 5, dir: out}"
     (tmp_path / "space.yaml").write_text(space_text("constrained", body, search))
     enqueue(tmp_path / "out", "constrained", ["maximize", "minimize"], [{"model.d_model": 64}])
     code, out, err = run_cli(tmp_path, "search", "space.yaml", "--quiet", "--json")
     assert code == 0, out + err
     outcome = json_in(out)
+    assert any("exhausted" in n for n in outcome["notes"])
     study = load_study(tmp_path / "out", "constrained")
-    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 2 and outcome["counts"]["complete"] == 2
-    assert outcome["counts"]["infeasible"] == len(pruned) >= 1 and study.trials[0] in pruned
+    pruned = [t for t in trained(study) if t.state.name == "PRUNED"]
+    assert sorted(t.params["model.d_model"] for t in pruned) == [16, 64] and study.trials[0] in pruned
+    assert outcome["counts"]["complete"] == 0 and outcome["counts"]["infeasible"] == 2
     for t in pruned:
-        assert t.params["model.d_model"] == 64
-        assert t.user_attrs["reason"] == "infeasible: 51920 parameters > max_params 10000"
-        assert "mlflow_run_id" not in t.user_attrs
-    for t in complete:
-        assert t.params["model.d_model"] == 16
-        (violation,) = t.user_attrs["constraints"]
-        assert violation == pytest.approx(t.user_attrs["metrics"]["latency_ms"] - 0.000001)
-        assert violation > 0
+        assert t.user_attrs.get("steps", 0) == 0 and t.user_attrs["status"] == "infeasible"
+        if t.params["model.d_model"] == 64:
+            assert t.user_attrs["reason"] == "infeasible: params 51920 > constraints.max_params = 10000"
+            assert t.constraints["max_params"] == 51920 - 10000
+            assert "mlflow_run_id" not in t.user_attrs
+        else:
+            assert t.user_attrs["reason"].startswith("infeasible: latency_ms ")
+            assert t.constraints["max_latency_ms"] == pytest.approx(t.user_attrs["metrics"]["latency_ms"] - 1e-6)
+            assert t.user_attrs["mlflow_run_id"]
     assert outcome["front"] == [] and outcome["hypervolume"] is None
 
     _, _, children = mlflow_runs(tmp_path / "out", "constrained")
-    assert sorted(c.data.tags["trial_number"] for c in children) == sorted(str(t.number) for t in complete)
-    assert {(c.data.tags["pareto"], c.data.tags["pareto_rank"]) for c in children} == {("false", "none")}
+    (child,) = children
+    assert child.data.tags["status"] == "infeasible" and "latency_ms" in child.data.metrics
 
 
 # --- the sampler and the dynamic parameter names ------------------------------------------------------
@@ -820,7 +838,7 @@ def _kill_and_resume(tmp_path: Path, root: Path, command: list[str], env: dict[s
         else:  # killed while sampling: what was sampled is kept
             assert t.params.items() <= retries[0].params.items()
         assert retries[0].state.name in ("COMPLETE", "FAIL") and not retries[0].user_attrs.get("interrupted")
-    finished = [t for t in study.trials if t.state.name == "COMPLETE"
+    finished = [t for t in trained(study) if t.state.name == "COMPLETE"
                 or (t.state.name == "FAIL" and not t.user_attrs.get("interrupted"))]
     assert len(finished) == 6
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]

@@ -65,7 +65,7 @@ def test_max_params_makes_a_trial_infeasible_without_training(write_spec, tiny_s
     spec = load_spec(write_spec(tiny_spec_text + "constraints: {max_params: 1000}\n"), device="cpu").spec
     result = run_trial(spec, sample_one(spec, seed=0))
     assert result.status == "infeasible"
-    assert "exceed constraints.max_params=1000" in result.reason
+    assert "> constraints.max_params = 1000" in result.reason
     assert result.metrics["params"] > 1000 and "flops_per_token" in result.metrics
     assert "accuracy" not in result.metrics and result.curve == []
 

@@ -19,6 +19,7 @@ failed ones (exception, NaN, out of memory) do.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import tempfile
 import threading
@@ -37,7 +38,9 @@ from .live import LiveView
 from .policy import AskTell
 from .reconcile import reconcile
 from .store import Counts, SearchAborted, SearchLock, SearchPaths, StudyStore, WeightStore, study_front
+from .stopping import RungBoard, rung_steps
 from .tracking import SearchTracker
+from .verify import verify_front
 
 if TYPE_CHECKING:
     import optuna
@@ -50,7 +53,9 @@ class RunningTrial:
     trial: "optuna.trial.Trial"
     arch: Architecture
     started: float
+    key: str = ""  # the architecture's canonical key (:func:`~nas.search.policy.architecture_key`)
     attempt: int = 1  # runs again (attempt + 1) when its worker process dies, up to search.retries times
+    overlapped: bool = False  # another trial ran while this one was measured: its latency may be noisy
 
 
 class Stopped(Exception):
@@ -166,24 +171,35 @@ class Controller:
         fronts.update(log_all=True)
 
         executor = RayExecutor(self.spec, self.address)
+        board = self._rung_board(store)
         running: dict[Any, RunningTrial] = {}
-        aborted, status, stopped_by = None, "FINISHED", None
+        waiting: dict[int, list["optuna.trial.Trial"]] = {}  # running trial -> repeats waiting for its outcome
+        aborted, status, stopped_by, exhausted = None, "FINISHED", None, False
         n_trials, concurrency = self.spec.search.n_trials, self.spec.search.concurrency
         stop = StopSignals()
         try:
             stop.__enter__()
             while True:
                 stop.check()
-                while len(running) < concurrency and policy.progress.done + len(running) < n_trials:
+                while not exhausted and len(running) < concurrency and policy.progress.done + len(running) < n_trials:
                     stop.check()
                     proposal = policy.ask()
-                    if proposal is None:  # infeasible or unsampleable: nothing to run, try another
+                    if policy.exhausted:
+                        exhausted = True
+                        self._note(f"search ended early: {policy.exhausted}")
+                    if proposal is None:  # settled at once (infeasible, a repeat, a failed sample): try another
                         continue
                     trial, arch = proposal.trial, proposal.arch
+                    if proposal.repeat_of is not None:  # the same architecture is training now: wait for it
+                        waiting.setdefault(proposal.repeat_of, []).append(trial)
+                        continue
                     trial.set_user_attr("architecture", arch.model_dump())  # the journal can rebuild its run
                     run_id = tracker.start_trial(trial.number, arch.flat(), arch.summary())
                     trial.set_user_attr("mlflow_run_id", run_id)
-                    running[executor.submit(arch)] = RunningTrial(trial, arch, time.perf_counter())
+                    job = RunningTrial(trial, arch, time.perf_counter(), proposal.key, overlapped=bool(running))
+                    for other in running.values():
+                        other.overlapped = True
+                    running[executor.submit(arch, board.plan(trial.number) if board else None)] = job
                 if not running:
                     break
                 for ref in executor.wait(list(running), timeout=0.5):
@@ -193,13 +209,24 @@ class Controller:
                         job.attempt += 1  # the same trial and run, once more
                         tracker.tag_attempt(job.trial.number, job.attempt, output.result.reason or "")
                         job.trial.set_user_attr("attempts", job.attempt)
-                        running[executor.submit(job.arch)] = job
+                        job.overlapped = job.overlapped or bool(running)
+                        running[executor.submit(job.arch, board.plan(job.trial.number) if board else None)] = job
                         continue
-                    self._collect(policy, tracker, fronts, job, output)
+                    self._collect(policy, tracker, fronts, job, output, board)
+                    for repeat in waiting.pop(job.trial.number, []):
+                        told = policy.tell_repeat(repeat, job.trial.number, counted=True)
+                        self.view.repeat(repeat.number, job.trial.number, job.arch.summary(), told)
                 if tracker.reconnect():
                     tracker.sync(store.study, running=[j.trial.number for j in running.values()])
                     fronts.update(log_all=True)
                 self.view.progress(policy.progress, [(j.trial.number, j.started) for j in running.values()], fronts.hv)
+
+            def wait(ref: Any) -> None:
+                while not executor.wait([ref], timeout=0.5):
+                    stop.check()
+
+            if verify_front(self.spec, store, executor, tracker, self.objectives, wait, self.view.say):
+                fronts.update(log_all=True)
         except SearchAborted as exc:
             aborted, status = str(exc), "FAILED"
             self._interrupt(policy, tracker, executor, running, f"search aborted: {exc}")
@@ -215,15 +242,37 @@ class Controller:
             stop.__exit__()
         return self._finish(store, tracker, started, aborted, status, stopped_by)
 
+    def _rung_board(self, store: StudyStore) -> RungBoard | None:
+        """The rungs of early stopping, with what the study recorded there; None when it is off."""
+        cfg, t = self.spec.search.early_stopping, self.spec.training
+        enabled = cfg.enabled if cfg.enabled is not None else self.spec.search.n_trials >= 8
+        if not enabled:
+            return None
+        if t.workers > 1:
+            self._note("early stopping is off: it needs training.workers = 1")
+            return None
+        steps = rung_steps(t.steps, cfg.min_fraction, cfg.reduction_factor)
+        if not steps:
+            return None
+        board = RungBoard(steps, self.objectives, cfg.reduction_factor)
+        for trial in store.study.get_trials(deepcopy=False):
+            if trial.user_attrs.get("rungs") and "repeat_of" not in trial.user_attrs:
+                board.add(trial.number, trial.user_attrs["rungs"], trial.user_attrs.get("metrics", {}))
+        return board
+
     def _collect(self, policy: AskTell, tracker: SearchTracker, fronts: FrontKeeper, job: RunningTrial,
-                 output: TrialOutput) -> None:
+                 output: TrialOutput, board: RungBoard | None) -> None:
         result, number = output.result, job.trial.number
+        result = dataclasses.replace(result, info={**result.info, "measured_alone": not job.overlapped})
         if result.status == "ok" and output.weights is not None:  # before the journal says COMPLETE
             self.weights.save(number, output.weights, job.arch.model_dump_json(indent=2))
-        told = policy.tell(job.trial, result)
+        told = policy.tell(job.trial, result, job.key)
         if told.status != "ok":  # a non-finite objective: failed after all
             self.weights.discard(number)
-        tracker.finish_trial(number, told.status, result.metrics, told.reason, result.curve, result.info)
+        if board is not None and result.rungs:
+            board.add(number, result.rungs, result.metrics)
+        tracker.finish_trial(number, told.status, result.metrics, told.reason, result.curve, result.info,
+                             result.rungs)
         self.view.trial(number, job.arch.summary(), told, result)
         if told.status == "ok":
             fronts.update()
@@ -282,8 +331,9 @@ def run_search(loaded: LoadedSpec, root: Path | None = None, address: str | None
 def format_outcome(outcome: SearchOutcome) -> str:
     c = outcome.counts
     lines = [
-        f"search '{outcome.name}': {c.complete} complete, {c.failed} failed, {c.infeasible} infeasible, "
-        f"{c.interrupted} interrupted (re-run) in {outcome.seconds:.0f} s",
+        f"search '{outcome.name}': {c.complete} complete, {c.stopped} stopped early, {c.failed} failed, "
+        f"{c.infeasible} infeasible (never trained), {c.repeats} repeats (not trained again), {c.interrupted} "
+        f"interrupted (re-run); {c.steps} training steps in {outcome.seconds:.0f} s",
         f"hypervolume {outcome.hypervolume:.6g} (reference point {outcome.reference})"
         if outcome.hypervolume is not None else "hypervolume: not enough trials yet",
         "",

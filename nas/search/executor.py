@@ -14,13 +14,15 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..architecture import Architecture
 from ..spec import Spec, spec_from_data
-from ..trial import TrialResult, execute_trial
+from ..trial import TrialResult, execute_trial, verify_latency
+from .stopping import RungPlan
 
 __all__ = ["TrialOutput", "RayExecutor", "trial_task", "limited_child"]
 
@@ -45,6 +47,8 @@ class TrialJob:
     cwd: str
     threads: int
     memory_mb: int | None
+    plan: RungPlan | None = None  # early stopping: the rungs and what was recorded there at submission
+    verify_repeats: int | None = None  # set: only re-measure the architecture's latency (verification)
 
 
 def trial_task(job: TrialJob) -> TrialOutput:
@@ -68,7 +72,14 @@ def _run_here(job: TrialJob, memory_mb: int | None = None) -> TrialOutput:
         import torch._dynamo  # noqa: F401  imported lazily by the first meta-device build: ~250 MB of address
         # space that belongs to the baseline, not to the trial
         _limit_memory(memory_mb)
-    run = execute_trial(spec, Architecture.model_validate(job.arch), keep_model=True)
+    arch = Architecture.model_validate(job.arch)
+    if job.verify_repeats is not None:
+        started = time.time()
+        measured = verify_latency(spec, arch, job.verify_repeats)
+        return TrialOutput(TrialResult("ok", job.arch, measured, info={"busy": [started, time.time()]}))
+    plan = job.plan
+    run = execute_trial(spec, arch, keep_model=True, rungs=plan.steps if plan else (),
+                        at_rung=plan.decide if plan else None)
     if memory_mb is not None:  # the limit is for the trial, not for handing its result back
         import resource
 
@@ -175,11 +186,11 @@ class RayExecutor:
                                     max_retries=0)
         self._spec_data = spec.model_dump(mode="json")
 
-    def submit(self, arch: Architecture) -> Any:
-        """Start one trial; returns the Ray object ref to wait on."""
+    def submit(self, arch: Architecture, plan: RungPlan | None = None, verify_repeats: int | None = None) -> Any:
+        """Start one trial (or, with ``verify_repeats``, one re-measurement); returns the Ray object ref."""
         r = self.spec.search.resources
         job = TrialJob(self._spec_data, list(self.spec.plugins), arch.model_dump(), os.getcwd(),
-                       int(max(1, r.cpus)), r.memory_mb)
+                       int(max(1, r.cpus)), r.memory_mb, plan, verify_repeats)
         return self._task.remote(job)
 
     def wait(self, refs: list[Any], timeout: float) -> list[Any]:

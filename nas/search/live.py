@@ -32,6 +32,10 @@ class LiveView:
                    if told.status == "ok" else told.reason or "")
         self.say(f"trial {number:>3} {told.status:<10} {summary:<40} " + figures)
 
+    def repeat(self, number: int, of: int, summary: str, told: "Told") -> None:
+        self.say(f"trial {number:>3} {'repeat':<10} {summary:<40} the architecture of trial {of} ({told.status}), "
+                 "not trained again")
+
     def front(self, rows: list[TrialRow]) -> None:
         self.say("  front now: " + "; ".join(
             f"#{r.number} {r.summary} (" + ", ".join(f"{m}={v:.3g}" for (m, _), v in zip(self.objectives, r.values))
@@ -48,5 +52,6 @@ class LiveView:
         now = time.perf_counter()
         names = ", ".join(f"{number} ({now - started:.0f}s)" for number, started in running)
         hv_text = f"{hv:.4g}" if hv is not None else "-"
-        print(f"  [{progress.done}/{self.n_trials} done, {len(running)} running, {progress.failed} "
-              f"failed, {progress.infeasible} infeasible] hypervolume {hv_text}  running: {names or '-'}", flush=True)
+        print(f"  [{progress.done}/{self.n_trials} done, {len(running)} running, {progress.failed} failed, "
+              f"{progress.stopped} stopped early, {progress.infeasible} infeasible, {progress.repeats} repeats] "
+              f"hypervolume {hv_text}  running: {names or '-'}", flush=True)

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from optuna.storages import JournalStorage
 
 __all__ = ["SearchPaths", "SearchLock", "StudyStore", "WeightStore", "Counts", "load_study", "study_rows",
-           "study_front", "count_trials", "natural_reference", "repair_journal", "SearchAborted", "SearchRefused"]
+           "trial_status", "study_front", "count_trials", "natural_reference", "repair_journal", "SearchAborted",
+           "SearchRefused"]
 
 
 class SearchAborted(RuntimeError):
@@ -137,17 +138,22 @@ def _is_record(line: bytes) -> bool:
 
 @dataclass(frozen=True)
 class Counts:
-    """The trials of a study by outcome. ``interrupted`` ones are re-run and never count towards ``n_trials``."""
+    """The trials of a study by outcome. ``interrupted`` ones are re-run and never count towards ``n_trials``;
+    nor do ``infeasible`` ones (never trained) and ``repeats`` (an architecture trained before, not again).
+    ``steps``: training steps run over all trials."""
 
     complete: int = 0
     failed: int = 0
     interrupted: int = 0
     infeasible: int = 0
+    stopped: int = 0
+    repeats: int = 0
+    steps: int = 0
 
     @property
     def finished(self) -> int:
-        """What counts towards ``n_trials``: complete and failed trials."""
-        return self.complete + self.failed
+        """What counts towards ``n_trials``: the trained architectures (complete, failed, stopped early)."""
+        return self.complete + self.failed + self.stopped
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -268,17 +274,30 @@ class StudyStore:
         return count_trials(self.study)
 
 
-def count_trials(study: "optuna.Study") -> Counts:
+def trial_status(t: "optuna.trial.FrozenTrial") -> str:
+    """ok, failed, interrupted, infeasible, stopped or running: what a trial of the study counts as (a repeat:
+    what the trial it repeats counted as)."""
     from optuna.trial import TrialState
 
-    c = {"complete": 0, "failed": 0, "interrupted": 0, "infeasible": 0}
+    if t.state == TrialState.COMPLETE:
+        return "ok"
+    if t.state == TrialState.FAIL:
+        return "interrupted" if t.user_attrs.get("interrupted") else "failed"
+    if t.state == TrialState.PRUNED:
+        return "stopped" if t.user_attrs.get("status") == "stopped" else "infeasible"
+    return "running"
+
+
+def count_trials(study: "optuna.Study") -> Counts:
+    c = {"complete": 0, "failed": 0, "interrupted": 0, "infeasible": 0, "stopped": 0, "repeats": 0, "steps": 0}
+    names = {"ok": "complete", "failed": "failed", "interrupted": "interrupted", "infeasible": "infeasible",
+             "stopped": "stopped"}
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE:
-            c["complete"] += 1
-        elif t.state == TrialState.FAIL:
-            c["interrupted" if t.user_attrs.get("interrupted") else "failed"] += 1
-        elif t.state == TrialState.PRUNED:
-            c["infeasible"] += 1
+        c["steps"] += int(t.user_attrs.get("steps", 0))
+        status = trial_status(t)
+        if status == "running":
+            continue
+        c["repeats" if "repeat_of" in t.user_attrs and status != "interrupted" else names[status]] += 1
     return Counts(**c)
 
 
@@ -288,11 +307,21 @@ def study_rows(study: "optuna.Study") -> list[TrialRow]:
 
     rows = []
     rebuilt = study.user_attrs.get("mlflow_run_ids", {})  # runs that now hold trials (after a store was rebuilt)
+    objectives = [str(m) for m, _ in study.user_attrs.get("objectives", [])]
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        feasible = all(v <= 0 for v in t.user_attrs.get("constraints", []))
+        if "repeat_of" in t.user_attrs:  # the same architecture as an earlier row
+            continue
+        verified = study.user_attrs.get(f"verified.{t.number}")
+        constraints = [*t.user_attrs.get("constraints", []), *t.constraints.values()]
+        values, metrics = list(t.values), dict(t.user_attrs.get("metrics", {}))
+        if verified:  # the front is computed from the values measured again, alone
+            metrics.update({f"verified_{k}": v for k, v in verified["metrics"].items()})
+            values = [verified["metrics"].get(m, v) for m, v in zip(objectives, values)]
+            constraints = verified.get("constraints", constraints)
+        feasible = all(v <= 0 for v in constraints)
         run_id = rebuilt.get(str(t.number), t.user_attrs.get("mlflow_run_id"))
-        rows.append(TrialRow(t.number, t.user_attrs.get("summary", ""), list(t.values), feasible, run_id,
-                             t.user_attrs.get("metrics", {})))
+        rows.append(TrialRow(t.number, t.user_attrs.get("summary", ""), values, feasible, run_id, metrics,
+                             verified=bool(verified)))
     return rows
 
 

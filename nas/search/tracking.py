@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..architecture import Architecture
 from ..spec import Spec
 from ..tracking import flatten_params, log_params, open_experiment, tracking_uri
+from .store import trial_status
 
 if TYPE_CHECKING:
     import optuna
@@ -39,7 +40,7 @@ __all__ = ["SearchTracker", "TRACKED_INFO"]
 T = TypeVar("T")
 
 #: What of a trial's ``info`` becomes tags (and is kept in the journal to rebuild the run from).
-TRACKED_INFO = ("device", "latency_threads", "seconds", "train_seconds", "kernels")
+TRACKED_INFO = ("device", "latency_threads", "seconds", "train_seconds", "steps", "measured_alone", "kernels")
 RETRY_SECONDS = 10.0  # how often a search whose store stopped answering tries it again
 
 
@@ -183,11 +184,14 @@ class SearchTracker:
         return run_id
 
     def finish_trial(self, number: int, status: str, metrics: dict[str, float], reason: str | None,
-                     curve: Iterable[tuple[int, float]] = (), info: dict[str, Any] | None = None) -> None:
-        """Log a finished trial and close its run (FINISHED for ok/infeasible, FAILED for failed)."""
+                     curve: Iterable[tuple[int, float]] = (), info: dict[str, Any] | None = None,
+                     rungs: Iterable[dict[str, Any]] = ()) -> None:
+        """Log a finished trial and close its run (FINISHED for ok/infeasible/stopped, FAILED for failed);
+        the quality at each rung of early stopping as ``rung_<metric>`` stepped by training step."""
         run_id = self.runs.get(number)
         if run_id:
-            self._guard(lambda c: _finish(c, run_id, status, metrics, reason, list(curve), info or {}), None)
+            self._guard(lambda c: _finish(c, run_id, status, metrics, reason, list(curve), info or {}, list(rungs)),
+                        None)
 
     def _close(self, run_id: str, status: str) -> None:
         self._guard(lambda c: c.set_terminated(run_id, status), None)
@@ -208,6 +212,16 @@ class SearchTracker:
         if run_id:
             self._guard(lambda c: (c.set_tag(run_id, "pareto", "true" if rank == 0 else "false"),
                                    c.set_tag(run_id, "pareto_rank", str(rank) if rank is not None else "none")), None)
+
+    def log_verified(self, number: int, metrics: dict[str, float]) -> None:
+        """Values measured again at the end, alone: logged beside the first ones as ``verified_<metric>``."""
+        run_id = self.runs.get(number)
+        if run_id:
+            from mlflow.entities import Metric, RunTag
+
+            now = int(time.time() * 1000)
+            entries = [Metric(f"verified_{k}", float(v), now, 0) for k, v in metrics.items() if _is_number(v)]
+            self._guard(lambda c: c.log_batch(run_id, metrics=entries, tags=[RunTag("verified", "true")]), None)
 
     def log_model(self, number: int, folder: Path) -> None:
         run_id = self.runs.get(number)
@@ -263,21 +277,27 @@ class SearchTracker:
             if t.user_attrs.get("interrupted") or t.state == TrialState.RUNNING:
                 self.kill_trial(t.number, t.user_attrs.get("reason") or "interrupted")
             else:
-                status = {TrialState.COMPLETE: "ok", TrialState.PRUNED: "infeasible"}.get(t.state, "failed")
+                status = trial_status(t)
                 self.finish_trial(t.number, status, t.user_attrs.get("metrics", {}), t.user_attrs.get("reason"),
-                                  [tuple(p) for p in t.user_attrs.get("curve", [])], t.user_attrs.get("info"))
+                                  [tuple(p) for p in t.user_attrs.get("curve", [])], t.user_attrs.get("info"),
+                                  t.user_attrs.get("rungs", []))
+                verified = study.user_attrs.get(f"verified.{t.number}")
+                if verified:
+                    self.log_verified(t.number, verified["metrics"])
         if self.offline is None:
             study.set_user_attr("mlflow_run_ids", {str(n): r for n, r in self.runs.items()})
         return rebuilt
 
 
 def _finish(client: "MlflowClient", run_id: str, status: str, metrics: dict[str, float], reason: str | None,
-            curve: list[tuple[int, float]], info: dict[str, Any]) -> None:
+            curve: list[tuple[int, float]], info: dict[str, Any], rungs: list[dict[str, Any]]) -> None:
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
     entries = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _is_number(v)]
     entries += [Metric("train_loss", float(loss), now, int(step)) for step, loss in curve if _is_number(loss)]
+    entries += [Metric(f"rung_{k}", float(v), now, int(r["step"])) for r in rungs for k, v in r["metrics"].items()
+                if _is_number(v)]
     tags = [RunTag("status", status)]
     if reason:
         tags.append(RunTag("failure_reason", reason[:4000]))

@@ -58,7 +58,9 @@ BLOCK_KINDS = ("attention", "position", "norm", "ffn", "compression")
 MEASURED_METRICS = {
     "latency_ms": "minimize",  # median inference forward time
     "latency_p90_ms": "minimize",
-    "train_memory_mb": "minimize",  # peak memory of one training step (of the model as trained, uncompressed)
+    "latency_ci_low_ms": "minimize",  # the 95% confidence interval of the median latency
+    "latency_ci_high_ms": "minimize",
+    "train_memory_mb": "minimize",  # peak memory of one training step (of the model to train, uncompressed)
     "infer_memory_mb": "minimize",  # peak memory of one inference forward
     "params": "minimize",
     "params_active": "minimize",  # parameters one token uses (less than params with mixture-of-experts)
@@ -241,8 +243,25 @@ class ResourcesConfig(Strict):
                                   "the trial fails as out of memory")
 
 
+class EarlyStoppingConfig(Strict):
+    """Multi-objective asynchronous successive halving on training steps (:mod:`nas.search.stopping`)."""
+
+    enabled: bool | None = Field(None, description="stop hopeless trials at rungs; default (null): on when the "
+                                 "search trains at least 8 trials on one worker each")
+    min_fraction: float = Field(0.1, gt=0, lt=1, description="the first rung, as a fraction of training.steps")
+    reduction_factor: int = Field(3, ge=2, description="eta: rungs grow by it, and 1/eta of a rung goes on")
+
+
+class VerifyConfig(Strict):
+    """Re-measuring the front alone at the end of a search."""
+
+    enabled: bool = Field(True, description="re-measure the front's latency with nothing else running")
+    repeats: int = Field(50, gt=0, description="timed forwards per verified trial")
+
+
 class SearchConfig(Strict):
-    n_trials: int = Field(16, gt=0, description="trials to finish (failed ones count; infeasible ones do not)")
+    n_trials: int = Field(16, gt=0, description="architectures to train (failed and early-stopped ones count; "
+                          "infeasible ones and repeats of an architecture already trained do not)")
     concurrency: int = Field(2, gt=0, description="trials running at once")
     sampler: SamplerConfig = SamplerConfig()
     seed: int = 0
@@ -255,6 +274,11 @@ class SearchConfig(Strict):
                                                      "default: derived from the first trials and recorded")
     dir: str = Field(".nas", description="where the study, the MLflow store and the artifacts live")
     save_weights: bool = Field(True, description="store the weights of Pareto-optimal trials in MLflow")
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    verify: VerifyConfig = VerifyConfig()
+    deduplicate: bool = Field(True, description="never train an architecture twice: a repeat reuses the result")
+    max_consecutive_repeats: int = Field(100, gt=0, description="end the search when the sampler proposes only "
+                                         "architectures already trained this many times in a row (space exhausted)")
 
 
 class SpaceBase(Strict):

@@ -1,0 +1,284 @@
+"""How much compute our search needs to find the front that brute force finds, on two spaces.
+
+Methods, each over the same seeds, each a real ``nas search`` (Ray, the journal, MLflow) run by this script:
+
+* ``random``: Optuna's RandomSampler, every sampled architecture trained for the full budget, duplicates too
+  (``early_stopping.enabled: false``, ``deduplicate: false``): brute force;
+* ``tpe``: Optuna's TPESampler (multi-objective), the same full-fidelity training;
+* ``ours``: TPE with multi-objective asynchronous successive halving (``nas.search.stopping``), no duplicate
+  training, limits checked on the untrained model (the default search, ``early_stopping.enabled: true``).
+
+Spaces: the quickstart's (``search_spaces/quickstart.yaml``: MQAR, 300 steps) and a byte-level language model on
+the Python standard library's own top-level ``*.py`` files (about 4.7 MB of real text, read from the running
+interpreter's ``stdlib``; the last 10% held out), bits per byte against latency and training memory.
+
+Accounting:
+
+* compute = training steps actually run (a stopped trial counts the steps up to its rung, a repeat none), and
+  also wall time;
+* hypervolume only from full-fidelity (complete) trials, objectives normalised to [0, 1] by the best and worst
+  value any method reached on that space (pooled over all runs), reference point 1.1 in each;
+* per seed, random search's final hypervolume is the target; for each method, the compute at which its
+  hypervolume first reaches it (a run that never does is censored at its total). Ratios are to random's total.
+  The one-sided paired test is the Wilcoxon signed-rank test (``scipy.stats.wilcoxon``) of the method's compute
+  against random's over the seeds (5 seeds: the smallest possible p is 1/32 = 0.031);
+* controller overhead: the share of the search's wall time in which no trial was training or being measured
+  (the union of the trials' own busy spans against the search's span, Ray start-up excluded).
+
+    python benchmarks/search_efficiency.py                       # both spaces, 5 seeds: about an hour here
+    python benchmarks/search_efficiency.py --spaces quickstart --seeds 2 --trials 8   # a quick look
+    python benchmarks/search_efficiency.py --analyse out/search_efficiency/results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {
+    "random": {"sampler": {"type": "random"}, "early_stopping": {"enabled": False}, "deduplicate": False},
+    "tpe": {"sampler": {"type": "tpe", "options": {"n_startup_trials": 8}}, "early_stopping": {"enabled": False},
+            "deduplicate": False},
+    "ours": {"sampler": {"type": "tpe", "options": {"n_startup_trials": 8}}, "early_stopping": {"enabled": True},
+             "deduplicate": True},
+}
+
+
+def quickstart_space() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+
+
+def bytes_space() -> dict[str, Any]:
+    stdlib = sysconfig.get_paths()["stdlib"]
+    return {
+        "name": "bytes",
+        "task": {"type": "text", "paths": [os.path.join(stdlib, "*.py")], "seq_len": 64, "max_eval_windows": 256},
+        "model": {"d_model": [32, 64], "n_layers": [1, 2], "n_heads": [2, 4], "norm_placement": "pre"},
+        "space": {
+            "attention": [{"type": "softmax"}, {"type": "sliding_window", "window": [8, 16]}, {"type": "linear"}],
+            "position": [{"type": "rope"}, {"type": "none"}],
+            "norm": [{"type": "layernorm"}, {"type": "rmsnorm"}],
+            "ffn": [{"type": "mlp", "expansion": [2, 4]}],
+        },
+        "training": {"steps": 200, "batch_size": 32, "optimizer": {"lr": 3e-3, "weight_decay": 0.01},
+                     "schedule": {"type": "cosine", "warmup_steps": 20}, "precision": "fp32", "seed": 0},
+        "measure": {"batch_size": 1, "repeats": 20, "threads": 1},
+        "objectives": [{"metric": "bits_per_byte"}, {"metric": "latency_ms"}, {"metric": "train_memory_mb"}],
+        "constraints": {"max_params": 200000},
+    }
+
+
+SPACES = {"quickstart": quickstart_space, "bytes": bytes_space}
+
+
+def run_one(space: str, method: str, seed: int, trials: int, concurrency: int, out: Path) -> dict[str, Any]:
+    """One search; returns its trials as plain data (in the order they finished) and its wall time."""
+    from nas.search import run_search
+    from nas.spec import load_spec
+
+    data = SPACES[space]()
+    name = f"{space}-{method}-{seed}"
+    data["name"] = name
+    data["search"] = {"n_trials": trials, "concurrency": concurrency, "seed": seed, "dir": str(out / "runs"),
+                      "save_weights": False, "verify": {"enabled": False}, **METHODS[method]}
+    path = out / "specs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    started = time.time()
+    outcome = run_search(load_spec(path), live=False)
+    ended = time.time()
+    from nas.search import SearchPaths, load_study
+
+    study = load_study(SearchPaths(out / "runs", name))
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: (t.datetime_complete or t.datetime_start)):
+        if t.datetime_complete is None:
+            continue
+        rows.append({"number": t.number, "state": t.state.name, "status": t.user_attrs.get("status"),
+                     "repeat": "repeat_of" in t.user_attrs, "steps": int(t.user_attrs.get("steps", 0)),
+                     "values": list(t.values) if t.values else None,
+                     "feasible": all(v <= 0 for v in t.constraints.values()),
+                     "done_at": t.datetime_complete.timestamp(),
+                     "busy": t.user_attrs.get("info", {}).get("busy")})
+    return {"space": space, "method": method, "seed": seed, "trials": rows, "started": started, "ended": ended,
+            "seconds": outcome.seconds, "objectives": [list(o) for o in outcome.front.objectives],
+            "counts": outcome.counts.as_dict()}
+
+
+def hv_curve(run: dict[str, Any], lo: list[float], hi: list[float]) -> list[tuple[int, float, float]]:
+    """(cumulative steps, seconds since the first trial started, hypervolume) after each finished trial."""
+    from nas.pareto import hypervolume, to_minimize
+
+    directions = [d for _, d in run["objectives"]]
+    pts: list[list[float]] = []
+    steps, out = 0, []
+    t0 = min([r["busy"][0] for r in run["trials"] if r["busy"]] or [run["started"]])
+    for r in run["trials"]:
+        steps += r["steps"]
+        if r["state"] == "COMPLETE" and not r["repeat"] and r["feasible"]:
+            pts.append(normalise(r["values"], directions, lo, hi))
+        hv = hypervolume(to_minimize(pts, ["minimize"] * len(directions)), [1.1] * len(directions)) if pts else 0.0
+        out.append((steps, r["done_at"] - t0, hv))
+    return out
+
+
+def normalise(values: list[float], directions: list[str], lo: list[float], hi: list[float]) -> list[float]:
+    """To [0, 1] with 0 the best value seen on the space, for every objective (maximised ones flipped)."""
+    out = []
+    for v, d, a, b in zip(values, directions, lo, hi):
+        x = (v - a) / (b - a) if b > a else 0.0
+        out.append(1 - x if d == "maximize" else x)
+    return out
+
+
+def bounds(runs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    vals = [r["values"] for run in runs for r in run["trials"] if r["state"] == "COMPLETE" and r["values"]]
+    cols = list(zip(*vals))
+    return [min(c) for c in cols], [max(c) for c in cols]
+
+
+def overhead(run: dict[str, Any]) -> tuple[float, float, float]:
+    """(share of the span from the first trial's start to the last one's end with no trial busy, idle
+    seconds of that span per trial, mean busy seconds per trial)."""
+    spans = sorted(tuple(r["busy"]) for r in run["trials"] if r["busy"])
+    if not spans:
+        return float("nan"), float("nan"), float("nan")
+    start, end = spans[0][0], max(e for _, e in spans)
+    covered, cur_s, cur_e = 0.0, *spans[0]
+    for s, e in spans[1:]:
+        if s > cur_e:
+            covered += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    covered += cur_e - cur_s
+    idle = end - start - covered
+    return idle / (end - start), idle / len(spans), statistics.mean(e - s for s, e in spans)
+
+
+def analyse(runs: list[dict[str, Any]], out: Path) -> None:
+    from scipy.stats import wilcoxon
+
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}; compute = training steps actually run")
+    for space in dict.fromkeys(r["space"] for r in runs):
+        mine = [r for r in runs if r["space"] == space]
+        lo, hi = bounds(mine)
+        curves = {(r["method"], r["seed"]): hv_curve(r, lo, hi) for r in mine}
+        seeds = sorted({r["seed"] for r in mine if r["method"] == "random"})
+        target = {s: curves[("random", s)][-1][2] for s in seeds}
+        total = {s: curves[("random", s)][-1][0] for s in seeds}
+        total_wall = {s: curves[("random", s)][-1][1] for s in seeds}
+        print(f"\n== {space}: {len(seeds)} seeds; the target is random search's final hypervolume per seed "
+              f"(median {statistics.median(target.values()):.4f})")
+        print(f"{'method':<8} {'final HV (median)':>18} {'steps to target / random total':>32} "
+              f"{'wall to target / random':>24} {'reached':>8} {'p (one-sided)':>14}")
+        for method in METHODS:
+            ratios, walls, reached, need, base = [], [], 0, [], []
+            finals = []
+            for s in seeds:
+                c = curves.get((method, s))
+                if c is None:
+                    continue
+                finals.append(c[-1][2])
+                hit = next(((st, w) for st, w, hv in c if hv >= target[s] - 1e-12), None)
+                steps, wall = hit if hit else (c[-1][0], c[-1][1])
+                reached += hit is not None
+                ratios.append(steps / total[s])
+                walls.append(wall / total_wall[s])
+                need.append(steps)
+                base.append(total[s])
+            if not ratios:
+                continue
+            p = "-"
+            if method != "random" and len(need) >= 2 and any(a != b for a, b in zip(need, base)):
+                p = f"{wilcoxon(need, base, alternative='less').pvalue:.3f}"
+            print(f"{method:<8} {statistics.median(finals):>18.4f} "
+                  f"{statistics.median(ratios):>14.3f} [{min(ratios):.3f}-{max(ratios):.3f}]{'':>6} "
+                  f"{statistics.median(walls):>12.3f} [{min(walls):.2f}-{max(walls):.2f}] "
+                  f"{reached}/{len(ratios):<6} {p:>14}")
+        shares = [overhead(r) for r in mine]
+        share = [s for s, _, _ in shares]
+        idle = statistics.median(i for _, i, _ in shares)
+        busy = statistics.median(b for _, _, b in shares)
+        print(f"controller overhead (no trial busy / span of the trials, per run): median "
+              f"{100 * statistics.median(share):.1f}% [{100 * min(share):.1f}-{100 * max(share):.1f}%]; trials busy "
+              f"{busy:.1f} s each; idle {idle:.2f} s per trial, which for trials of a minute would be "
+              f"{100 * idle / (60 + idle):.1f}%")
+        plot(space, curves, seeds, out)
+
+
+def plot(space: str, curves: dict[tuple[str, int], list[tuple[int, float, float]]], seeds: list[int],
+         out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method, colour in zip(METHODS, ("tab:gray", "tab:blue", "tab:red")):
+        for s in seeds:
+            c = curves.get((method, s))
+            if c:
+                kw = {"label": method} if s == seeds[0] else {}
+                axes[0].step([x for x, _, _ in c], [h for _, _, h in c], where="post", color=colour, alpha=0.7, **kw)
+                axes[1].step([w for _, w, _ in c], [h for _, _, h in c], where="post", color=colour, alpha=0.7)
+    axes[0].set_xlabel("training steps run")
+    axes[1].set_xlabel("wall seconds")
+    for ax in axes:
+        ax.set_ylabel("hypervolume (normalised, full-fidelity trials)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"{space}: hypervolume against compute, one line per seed")
+    fig.tight_layout()
+    path = out / f"hypervolume_{space}.png"
+    fig.savefig(path, dpi=110)
+    print(f"  plot: {path}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--trials", type=int, default=20, help="architectures trained per search (n_trials)")
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("out/search_efficiency"))
+    p.add_argument("--analyse", type=Path, help="only analyse a results.json written before")
+    args = p.parse_args()
+    if args.analyse:
+        analyse(json.loads(args.analyse.read_text()), args.analyse.parent)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.json"
+    runs: list[dict[str, Any]] = json.loads(results.read_text()) if results.exists() else []
+    done = {(r["space"], r["method"], r["seed"]) for r in runs}
+    for space in args.spaces:
+        for seed in range(args.seeds):
+            for method in args.methods:
+                if (space, method, seed) in done:
+                    continue
+                t0 = time.time()
+                run = run_one(space, method, seed, args.trials, args.concurrency, args.out)
+                runs.append(run)
+                results.write_text(json.dumps(runs))  # after each search: an interrupted benchmark resumes
+                c = run["counts"]
+                print(f"{space:<10} {method:<7} seed {seed}: {c['steps']:>6} steps, {c['complete']} complete, "
+                      f"{c['stopped']} stopped, {c['repeats']} repeats, {time.time() - t0:.0f} s", flush=True)
+    analyse(runs, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
