@@ -108,7 +108,7 @@ BODY = """
       - {metric: train_memory_mb}
     constraints: {max_params: PARAMS, max_train_memory_mb: MEMORY}
     """
-SEARCH = ("{n_trials: 6, concurrency: 2, sampler: {type: random}, seed: 1, dir: out, max_consecutive_repeats: 8, "
+SEARCH = ("{n_trials: 6, concurrency: 2, sampler: {type: random}, seed: 1, dir: out, max_consecutive_repeats: 60, "
           "early_stopping: {enabled: true, min_fraction: 0.1, reduction_factor: 3}}")
 
 
@@ -223,8 +223,8 @@ def test_every_front_trial_is_verified_alone_after_the_search(efficient):
 
 # --- verification changes the front when the first values were noisy -------------------------------------
 def test_a_noisy_first_latency_is_corrected_and_the_front_recomputed(tmp_path, write_spec, tiny_spec_text):
-    loaded = load_spec(write_spec(tiny_spec_text.replace("name: tiny", "name: noisy")
-                                  + "    objectives: [{metric: accuracy}, {metric: latency_ms}]\n"), device="cpu")
+    loaded = load_spec(write_spec(tiny_spec_text.replace("name: tiny", "name: noisy").rstrip()
+                                  + "\n    objectives: [{metric: accuracy}, {metric: latency_ms}]\n"), device="cpu")
     spec = loaded.spec
     objectives = objective_directions(spec)
     arch = sample_one(spec, seed=0).model_dump()
@@ -277,8 +277,8 @@ def test_a_noisy_first_latency_is_corrected_and_the_front_recomputed(tmp_path, w
 
 
 def test_verification_is_skipped_without_a_latency_objective(tmp_path, write_spec, tiny_spec_text):
-    loaded = load_spec(write_spec(tiny_spec_text + "    objectives: [{metric: accuracy}, {metric: params}]\n"),
-                       device="cpu")
+    text = tiny_spec_text.rstrip() + "\n    objectives: [{metric: accuracy}, {metric: params}]\n"
+    loaded = load_spec(write_spec(text), device="cpu")
     spec = loaded.spec
     store = SimpleNamespace(study=None)
     assert verify_front(spec, store, None, None, objective_directions(spec), lambda r: None, print) == 0

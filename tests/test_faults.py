@@ -28,8 +28,10 @@ BODY = "model: {d_model: [16, 32], n_layers: 1, n_heads: 2}"
 
 def search(n: int, sampler: str = "random", extra: str = "") -> str:
     """Faults, not the search's economy, are tested here: the two architectures of BODY may each train again
-    (``deduplicate: false``), so a search of any length has trials to kill."""
-    return f"{{n_trials: {n}, concurrency: 2, sampler: {{type: {sampler}}}, deduplicate: false, dir: out{extra}}}"
+    (``deduplicate: false``) and for the full budget (no early stopping), so a search of any length has trials
+    of a known length to kill."""
+    return (f"{{n_trials: {n}, concurrency: 2, sampler: {{type: {sampler}}}, deduplicate: false, "
+            f"early_stopping: {{enabled: false}}, dir: out{extra}}}")
 
 
 @pytest.fixture(scope="module", autouse=True)
