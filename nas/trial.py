@@ -143,7 +143,8 @@ def execute_trial(spec: Spec, arch: Architecture, on_log: Callable[[int, float],
             seed_everything(spec.training.seed)
             model = build_model(arch, task)
             compressor: Compression = registry.build("compression", block_config("compression", arch.compression))
-            with torch.random.fork_rng(devices=[]):  # measuring draws no random numbers from training's stream
+            # measuring draws no random numbers from training's stream
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 metrics.update(measure_hardware(model, task, spec, device, compressor))
             reason = broken_limit(spec, metrics)
         if reason is not None:

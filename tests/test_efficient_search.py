@@ -221,6 +221,41 @@ def test_every_front_trial_is_verified_alone_after_the_search(efficient):
     assert code == 0 and "verified" in out
 
 
+def test_a_dominated_trial_stops_at_the_first_rung_and_the_rungs_survive_a_restart(tmp_path):
+    """Hardware-only objectives make the rung decisions known in advance: d_model 32 has more parameters and
+    training memory than 16, so at the first rung it is dominated by the trial recorded there and stops. After a
+    restart, d_model 48 is judged against the rungs read back from the journal, and stops too."""
+    from test_search import enqueue
+
+    body = """
+        model: {d_model: [16, 32, 48], n_layers: 1, n_heads: 2}
+        objectives: [{metric: params}, {metric: train_memory_mb}]
+        """
+    search = "{{n_trials: {n}, concurrency: 1, sampler: {{type: random}}, dir: out, early_stopping: {{enabled: true}}}}"
+    (tmp_path / "two.yaml").write_text(space_text("rungs", body, search.format(n=2)))
+    (tmp_path / "three.yaml").write_text(space_text("rungs", body, search.format(n=3)))
+    enqueue(tmp_path / "out", "rungs", ["minimize", "minimize"], [{"model.d_model": d} for d in (16, 32, 48)])
+    code, out, err = run_cli(tmp_path, "search", "two.yaml", "--quiet")
+    assert code == 0, out + err
+    first = load_study(tmp_path / "out", "rungs").trials
+    assert [t.user_attrs["status"] for t in first[:2]] == ["ok", "stopped"]
+    assert first[0].user_attrs["steps"] == 20 and first[1].user_attrs["steps"] == 2
+    assert [r["continued"] for r in first[0].user_attrs["rungs"]] == [True, True]  # rungs at 2 and 6
+    assert [(r["step"], r["continued"]) for r in first[1].user_attrs["rungs"]] == [(2, False)]
+
+    code, out, err = run_cli(tmp_path, "search", "three.yaml", "--quiet", "--json")
+    assert code == 0, out + err
+    trials = load_study(tmp_path / "out", "rungs").trials
+    assert [t.user_attrs["status"] for t in trials[:3]] == ["ok", "stopped", "stopped"]
+    for before, after in zip(first[:2], trials[:2]):  # what the first run recorded is intact
+        for attr in ("status", "rungs", "curve", "steps", "metrics"):
+            assert after.user_attrs[attr] == before.user_attrs[attr]
+    assert trials[2].user_attrs["steps"] == 2  # judged against the two rungs read back from the journal
+    assert json_in(out)["counts"]["stopped"] == 2 and json_in(out)["counts"]["steps"] == 24
+    front, _, _ = study_front(load_study(tmp_path / "out", "rungs"))
+    assert [r.number for r in front.rows] == [0]  # only full-budget trials are on a front
+
+
 # --- verification changes the front when the first values were noisy -------------------------------------
 def test_a_noisy_first_latency_is_corrected_and_the_front_recomputed(tmp_path, write_spec, tiny_spec_text):
     loaded = load_spec(write_spec(tiny_spec_text.replace("name: tiny", "name: noisy").rstrip()
