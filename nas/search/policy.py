@@ -170,6 +170,8 @@ class AskTell:
         trial.set_user_attr("curve", [list(p) for p in result.curve])  # so a lost MLflow run can be rebuilt
         trial.set_user_attr("info", {k: result.info[k] for k in TRACKED_INFO if result.info.get(k) is not None})
         trial.set_user_attr("steps", result.steps)
+        if result.info.get("busy"):  # the wall-clock span the worker spent on it (controller overhead)
+            trial.set_user_attr("busy", result.info["busy"])
         if result.rungs:
             trial.set_user_attr("rungs", result.rungs)
         trial.set_user_attr("status", status)
