@@ -212,24 +212,22 @@ class Registry:
             raise RegistryError(self.unknown(kind, name)) from None
 
     def unknown(self, kind: str, name: str) -> str:
-        """Why ``(kind, name)`` is not registered: the registered names, and a broken plugin that declares it (or,
-        when none does, every broken plugin, which may)."""
+        """Why ``(kind, name)`` is not registered: the broken plugin that declares it, if one does; else the
+        registered names, and the broken plugins that declare nothing readable (they may provide it)."""
+        declaring = [b for b in self._broken.values() if (kind, name) in b.declares]
+        if declaring:
+            return f"unknown {kind} '{name}': it is provided by " + "; ".join(
+                f"{b.label}, which failed to import: {b.error}" + (f" at {b.location}" if b.location else "")
+                for b in declaring)
         valid = self.names(kind)
         text = f"unknown {kind} '{name}'{did_you_mean(name, valid)} registered: {', '.join(valid) or '(none)'}"
         if not (self._loaded_entry_points or self._entries):
             text += " (no plugins loaded yet: call nas.load_plugins() first)"
-        hint = self.broken_hint(kind, name)
-        return f"{text}; {hint}" if hint else text
-
-    def broken_hint(self, kind: str, name: str) -> str:
-        """``""``, or which broken plugin provides ``(kind, name)`` (or may: those that declare nothing readable)."""
-        declaring = [b for b in self._broken.values() if (kind, name) in b.declares]
-        if declaring:
-            return f"{kind} '{name}' is provided by " + "; ".join(b.describe() for b in declaring)
         unread = [b for b in self._broken.values() if not b.declares]
         if unread:
-            return "it may be provided by a plugin that failed to import: " + "; ".join(b.describe() for b in unread)
-        return ""
+            text += "; it may be provided by a plugin that failed to import: " + "; ".join(
+                b.describe() for b in unread)
+        return text
 
     def broken(self) -> list[BrokenPlugin]:
         """The plugins that failed to import in this process, in load order."""

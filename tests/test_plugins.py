@@ -179,9 +179,9 @@ def test_a_space_that_uses_a_broken_plugins_block_exits_2_naming_the_plugin_and_
     uses = _space(broken_installed / "uses.yaml", "talking")
     assert main(["validate", str(uses)]) == 2
     err = capsys.readouterr().err
-    assert "unknown attention 'talking'" in err
-    assert ("attention 'talking' is provided by plugin 'talking' of nas-talking 1.0 (module nas_talking) failed to "
-            "import: ModuleNotFoundError: No module named 'nas_missing_dependency_xyz' at nas_talking.py:3") in err
+    assert ("unknown attention 'talking': it is provided by plugin 'talking' of nas-talking 1.0 (module nas_talking), "
+            "which failed to import: ModuleNotFoundError: No module named 'nas_missing_dependency_xyz' at "
+            "nas_talking.py:3") in err
 
 
 @pytest.mark.parametrize("how", ["--strict first", "--strict after", "environment"])
@@ -253,9 +253,9 @@ def test_a_plugin_broken_on_a_ray_worker_fails_the_trial_with_its_error(tmp_path
     (failure,) = json.loads(show.stdout)["failures"]
     reason = failure["reason"]
     assert reason.startswith("error in the Ray worker: PluginError: the space does not validate in this process")
-    assert ("attention 'worker_only_attention' is provided by plugin 'worker-only' of nas-worker-only 1.0 (module "
-            "worker_only) failed to import: ModuleNotFoundError: No module named 'nas_missing_on_this_worker' at "
-            "worker_only.py:7") in reason
+    assert ("unknown attention 'worker_only_attention': it is provided by plugin 'worker-only' of nas-worker-only "
+            "1.0 (module worker_only), which failed to import: ModuleNotFoundError: No module named "
+            "'nas_missing_on_this_worker' at worker_only.py:7") in reason
 
 
 # --- 3. the kit tests what a search samples ----------------------------------------------------------------
