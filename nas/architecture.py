@@ -6,6 +6,7 @@ modules from it; trials, the study and saved models store it as JSON. It knows n
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import registry
 from .blocks import BlockConfig, Dims
 
-__all__ = ["Architecture", "LayerArch", "block_config"]
+__all__ = ["Architecture", "LayerArch", "block_config", "block_label"]
 
 
 def _default_compression() -> dict[str, Any]:
@@ -54,10 +55,28 @@ class Architecture(BaseModel):
         return out
 
     def summary(self) -> str:
-        """A short human-readable label, e.g. ``softmax+rope d64 L2 H4`` (the compression only when there is one)."""
-        attn = "/".join(dict.fromkeys(layer.attention["type"] for layer in self.layers))
-        label = f"{attn}+{self.position['type']} d{self.d_model} L{self.n_layers} H{self.n_heads}"
-        return f"{label} {self.compression_label()}" if self.compressed else label
+        """The one label of this architecture, used wherever one is shown (``nas trial`` and ``nas show``, the
+        live view, the front's CSV, JSON, PNG and HTML, MLflow run names). Every chosen block is named::
+
+            rope d64 L2 H4: softmax pre-layernorm mlp(expansion=2)
+            rope d64 L4 H4: 3x[gqa(kv_heads=2) pre-rmsnorm swiglu] [softmax pre-layernorm moe(top_k=2)]
+            rope d64 L2 H4: softmax pre-layernorm mlp | quantize(qat_steps=2)
+
+        The position scheme and the sizes, then each layer as attention, norm placement and norm, and
+        feed-forward block; consecutive layers that are the same are written once with their count; the
+        compression after ``|`` when there is one. A block's settings that differ from its defaults are in
+        parentheses (:func:`block_label`).
+        """
+        layers = [" ".join((block_label("attention", layer.attention),
+                            f"{self.norm_placement}-{block_label('norm', layer.norm)}",
+                            block_label("ffn", layer.ffn))) for layer in self.layers]
+        runs = [(text, len(list(group))) for text, group in itertools.groupby(layers)]
+        if len(runs) == 1:
+            body = runs[0][0]
+        else:
+            body = " ".join(f"{n}x[{text}]" if n > 1 else f"[{text}]" for text, n in runs)
+        label = f"{block_label('position', self.position)} d{self.d_model} L{self.n_layers} H{self.n_heads}: {body}"
+        return f"{label} | {self.compression_label()}" if self.compressed else label
 
     @property
     def compressed(self) -> bool:
@@ -65,9 +84,19 @@ class Architecture(BaseModel):
         return self.compression != _default_compression()
 
     def compression_label(self) -> str:
-        """``quantize(level=int8)``: the compression type and its settings."""
-        settings = ",".join(f"{k}={v}" for k, v in self.compression.items() if k != "type")
-        return f"{self.compression['type']}({settings})" if settings else self.compression["type"]
+        """``quantize(qat_steps=2)``: the compression and its settings that differ from its defaults."""
+        return block_label("compression", self.compression)
+
+
+def block_label(kind: str, config: dict[str, Any]) -> str:
+    """``name`` or ``name(k=v,...)``: a block and the settings that differ from its config's defaults (every
+    setting when the block is not registered here, so nothing is hidden)."""
+    settings = {k: v for k, v in config.items() if k != "type"}
+    if config.get("type") in registry.names(kind):
+        fields = registry.get(kind, config["type"]).config.model_fields
+        settings = {k: v for k, v in settings.items() if k not in fields or fields[k].default != v}
+    shown = ",".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
+    return f"{config.get('type')}({shown})" if shown else str(config.get("type"))
 
 
 def block_config(kind: str, config: dict[str, Any]) -> BlockConfig:

@@ -46,6 +46,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 # --- nas plugins -----------------------------------------------------------------------------------
+def _space_plugins(path: str | None, required: bool) -> None:
+    """Import the modules a space lists under ``plugins:``. ``required``: one that fails is an error (exit 2);
+    otherwise it is only recorded as broken (``nas plugins`` lists it)."""
+    if path is None:
+        return
+    from .spec import space_plugins
+
+    for module in space_plugins(path):
+        try:
+            registry.load_plugins([module])
+        except registry.PluginError:
+            if required or registry.strict():
+                raise
+
+
 def _plugin_rows(kind: str | None) -> list[dict[str, Any]]:
     registry.load_plugins()
     rows = []
@@ -63,21 +78,51 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.kind is not None and args.kind not in KINDS:
         raise UsageError(f"unknown kind '{args.kind}'{registry.did_you_mean(args.kind, KINDS)} "
                          f"valid: {', '.join(KINDS)}")
+    _space_plugins(args.space, required=False)
     rows = _plugin_rows(args.kind)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
+        _warn_broken(args.verbose)
         return 0
     kw = max((len(r["kind"]) for r in rows), default=4)
     nw = max((len(r["name"]) for r in rows), default=4)
+    pad = " " * kw
     for r in rows:
         params = ", ".join(f"{k}={p.get('default', '?')}" for k, p in r["parameters"].items()) or "-"
         caps = ", ".join(f"{k}={v}" for k, v in r["capabilities"].items())
         print(f"{r['kind']:<{kw}}  {r['name']:<{nw}}  {r['provider']} {r['version']}")
         for line in textwrap.wrap(r["summary"], 100):
-            print(f"{'':<{kw}}  {line}")
-        print(f"{'':<{kw}}  params: {params}")
-        print(f"{'':<{kw}}  capabilities: {caps}")
+            print(f"{pad}  {line}")
+        print(f"{pad}  params: {params}")
+        for k, p in r["parameters"].items():
+            if p.get("description"):
+                print(textwrap.fill(p["description"], 100, initial_indent=f"{pad}    {k}: ",
+                                    subsequent_indent=f"{pad}      "))
+        print(f"{pad}  capabilities: {caps}")
+    broken = registry.broken()
+    if broken:
+        print(f"\nbroken plugins ({len(broken)}): not loaded, their blocks are unavailable")
+        for b in broken:
+            print(f"  {b.label}")
+            print(f"    {b.error}")
+            if b.location:
+                print(f"    at {b.location}")
+            if b.declares:
+                print("    declares: " + ", ".join(f"{k} {n}" for k, n in b.declares))
+            if args.verbose:
+                print(textwrap.indent(b.traceback.rstrip(), "    | "))
+        if not args.verbose:
+            print("  (`nas plugins --verbose` shows each traceback)")
     return 0
+
+
+def _warn_broken(verbose: bool) -> None:
+    """One warning line per broken plugin on stderr (and its traceback with ``--verbose``)."""
+    for b in registry.broken():
+        print(f"warning: {b.describe()}; skipped (`nas plugins` lists it"
+              f"{'' if verbose else ', --verbose shows the traceback'})", file=sys.stderr)
+        if verbose:
+            print(textwrap.indent(b.traceback.rstrip(), "  | "), file=sys.stderr)
 
 
 # --- nas schema ------------------------------------------------------------------------------------
@@ -85,10 +130,27 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from .spec import spec_model
 
     registry.load_plugins(args.plugin or ())
+    _space_plugins(args.space, required=True)
     schema = spec_model().model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "nas search space"
     print(json.dumps(schema, indent=2))
+    return 0
+
+
+# --- nas plugin new --------------------------------------------------------------------------------
+def cmd_plugin_new(args: argparse.Namespace) -> int:
+    from .scaffold import ScaffoldError, scaffold
+
+    try:
+        written = scaffold(args.kind, args.name, Path(args.dir) if args.dir else None)
+    except ScaffoldError as exc:
+        raise UsageError(str(exc)) from None
+    root = written.root
+    print(f"wrote {root}/ ({written.distribution}: {args.kind} '{args.name}', entry point {written.entry_point}):")
+    for path in written.files:
+        print(f"  {path.relative_to(root)}")
+    print(f"next: pip install -e {root} && pytest {root}   (then `nas plugins --kind {args.kind}` lists it)")
     return 0
 
 
@@ -303,23 +365,57 @@ class _VersionAction(argparse.Action):
 
 
 # --- entry point -----------------------------------------------------------------------------------
+def _plugin_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--strict`` and ``--verbose``, accepted before the command and after it."""
+    parser.add_argument("--strict", action="store_true", default=default,
+                        help=f"any plugin that fails to import is an error, exit 2 (also: {registry.STRICT_ENV}=1)")
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="show the traceback of each plugin that failed to import")
+
+
+class _Subparsers:
+    """``add_parser`` with the options every command takes."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser):
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.action.add_parser(name, parents=[self.common], **kwargs)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas", description="Neural architecture search for efficient Transformers")
     parser.add_argument("--version", action=_VersionAction)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _plugin_options(parser, default=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _plugin_options(common, default=argparse.SUPPRESS)
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
 
     p = sub.add_parser("validate", help="check search-space files; list every problem with its line")
     p.add_argument("files", nargs="+", metavar="SPACE.yaml")
     p.set_defaults(fn=cmd_validate)
 
-    p = sub.add_parser("plugins", help="list registered blocks, their parameters and capabilities")
+    p = sub.add_parser("plugins", help="list registered blocks, their parameters and capabilities, and the "
+                       "plugins that failed to import")
     p.add_argument("--kind", help=f"only this kind ({', '.join(KINDS)})")
+    p.add_argument("--space", metavar="SPACE.yaml", help="also import the modules this space lists under `plugins:`")
     p.add_argument("--json", action="store_true", help="machine-readable, with each block's JSON Schema")
     p.set_defaults(fn=cmd_plugins)
 
     p = sub.add_parser("schema", help="print the JSON Schema of search-space files (for editor completion)")
     p.add_argument("--plugin", action="append", metavar="MODULE", help="also import this plugin module")
+    p.add_argument("--space", metavar="SPACE.yaml", help="also import the modules this space lists under `plugins:`")
     p.set_defaults(fn=cmd_schema)
+
+    p = sub.add_parser("plugin", help="work on a plugin package: `nas plugin new KIND NAME` writes a new one")
+    plugin_sub = _Subparsers(p.add_subparsers(dest="plugin_command", required=True, metavar="ACTION"), common)
+    q = plugin_sub.add_parser("new", help="write a plugin package (pyproject with the entry point, a block "
+                              "skeleton, a conformance-kit test, a README) that installs and passes as written")
+    q.add_argument("kind", choices=KINDS)
+    q.add_argument("name", help="the block's registered name (a Python identifier, e.g. talking_heads)")
+    q.add_argument("--dir", help="where to write it (default: ./nas-NAME, with - for _); must not exist or be empty")
+    q.set_defaults(fn=cmd_plugin_new, needs_plugins=False)
 
     p = sub.add_parser("trial", help="sample (or take) one architecture, train it, measure it")
     p.add_argument("space", metavar="SPACE.yaml")
@@ -345,13 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=".nas", help="root the search wrote to (default .nas)")
     p.add_argument("--all", action="store_true", help="also list every complete trial with its rank")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_show)
+    p.set_defaults(fn=cmd_show, needs_plugins=False)
 
     p = sub.add_parser("ui", help="open the MLflow UI (127.0.0.1) on the searches' tracking store")
     p.add_argument("--dir", default=".nas", help="root the searches wrote to (default .nas)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--dry-run", action="store_true", help="print the command instead of starting the UI")
-    p.set_defaults(fn=cmd_ui)
+    p.set_defaults(fn=cmd_ui, needs_plugins=False)
 
     p = sub.add_parser("profile", help="measure each attention type's time and memory against sequence length; "
                        "fit scaling exponents; compare a layer's activation memory with Korthikanti et al.")
@@ -397,15 +493,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `python -m nas.cli`; the `nas` console script does not put that directory on sys.path by itself.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if args.strict:  # in the environment, so that Ray workers started from here are strict too
+        os.environ[registry.STRICT_ENV] = "1"
     try:
+        if getattr(args, "needs_plugins", True):
+            registry.load_plugins()  # a broken plugin is recorded and skipped (an error when strict)
+            if args.fn is not cmd_plugins:
+                _warn_broken(args.verbose)
         return args.fn(args)
     except SpecError as exc:
         print(f"{len(exc.problems)} problem(s) in {exc.source}:", file=sys.stderr)
         for p in exc.problems:
             print(f"  {p.format(exc.source)}", file=sys.stderr)
+        _tracebacks(args.verbose)
         return EXIT_USAGE
     except (UsageError, PluginError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _tracebacks(args.verbose)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -413,6 +517,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+
+
+def _tracebacks(verbose: bool) -> None:
+    """With ``--verbose``, after an error: the traceback of every plugin that failed to import."""
+    for b in registry.broken() if verbose else ():
+        print(f"traceback of {b.label}:\n" + textwrap.indent(b.traceback.rstrip(), "  | "), file=sys.stderr)
 
 
 if __name__ == "__main__":

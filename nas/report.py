@@ -6,6 +6,7 @@ import csv
 import html
 import itertools
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,16 @@ import numpy as np
 
 from .pareto import nondominated_ranks, to_minimize
 
-__all__ = ["TrialRow", "Front", "compute_front", "write_front", "format_table"]
+__all__ = ["TrialRow", "Front", "compute_front", "write_front", "format_table", "wrap_summary", "SUMMARY_WIDTH"]
+
+#: Architecture summaries (:meth:`nas.architecture.Architecture.summary`) longer than this wrap onto more lines
+#: in the text table and the plots, at spaces only; the CSV and JSON keep them whole.
+SUMMARY_WIDTH = 60
+
+
+def wrap_summary(summary: str, width: int = SUMMARY_WIDTH) -> list[str]:
+    """An architecture summary as lines of at most ``width`` characters, broken between blocks."""
+    return textwrap.wrap(summary, width, break_long_words=False, break_on_hyphens=False) or [""]
 
 
 @dataclass
@@ -66,13 +76,16 @@ def format_table(front: Front, only_front: bool = True) -> str:
         headers.append("rank")
     body = []
     for r, k in rows:
-        line = [str(r.number), r.summary] + [f"{v:.4g}" for v in r.values]
+        first, *more = wrap_summary(r.summary)
+        line = [str(r.number), first] + [f"{v:.4g}" for v in r.values]
         if verified:  # whether its latency is the value measured again alone at the end, or the first one
             line.append("verified" if r.verified else "first run")
         body.append(line + ([str(k)] if not only_front else []))
+        body += [["", part] + [""] * (len(line) - 2 + (0 if only_front else 1)) for part in more]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*b) for b in body])
+    return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+                     + [fmt.format(*b).rstrip() for b in body])
 
 
 def write_front(front: Front, folder: Path, hypervolume: float | None, reference: list[float] | None) -> list[Path]:
@@ -126,7 +139,7 @@ def _plots(front: Front, folder: Path) -> list[Path]:
         ax.scatter([r.values[i] for r in others], [r.values[j] for r in others], c="0.6", s=22, label="trials")
         ax.plot([r.values[i] for r in best], [r.values[j] for r in best], "o-", c="tab:red", label="Pareto front")
         for r in best:
-            ax.annotate(f"{r.number}: {r.summary}", (r.values[i], r.values[j]), fontsize=6,
+            ax.annotate("\n".join(wrap_summary(f"{r.number}: {r.summary}", 40)), (r.values[i], r.values[j]), fontsize=6,
                         textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel(a)
         ax.set_ylabel(b)

@@ -31,10 +31,20 @@ The checks (each one a test method, also usable on its own as a ``check_*`` func
 * the block's search space (generic or its own ``search_space``) samples only configs that validate and
   build, for several model sizes, with a fixed choice set per Optuna parameter name.
 
-Every check runs on the block's default config and on each config its class lists in
-``conformance_configs`` (a class attribute: a list of field overrides, e.g. the ``top_k`` and capacities of a
-mixture of experts), in every direction it claims and, for attention, with a position scheme of every mode it
-takes. Compression plugins get their own class: applied to a tiny trained Transformer, outputs stay finite,
+Every check runs on three kinds of config, so that the kit tests what a search will sample:
+
+* the block's default config and each config its class lists in ``conformance_configs`` (a class attribute:
+  a list of field overrides, e.g. the ``top_k`` and capacities of a mixture of experts), in every direction
+  it claims and, for attention, with a position scheme of every mode it takes;
+* a handful of configs drawn from the block's own search space (:func:`sampled_configs`: the space the kit's
+  ``example_spaces`` give plus every value of each Literal/bool field, sampled as a search samples it, with
+  fixed seeds; every listed value appears at least once when that takes at most
+  :data:`MAX_SAMPLED_CONFIGS` configs), in every direction, with the attention's most demanding position mode.
+
+A case's id (and so every failure message) names its config: ``talking_heads-causal-rope-post_mix=False``,
+``sampled`` for a drawn one.
+
+Compression plugins get their own class: applied to a tiny trained Transformer, outputs stay finite,
 the compressed model is still causal and batch-independent (within a bound for compressions that declare a
 ``position_coupling()``), and applying twice gives the same model. Tasks get shapes and seeded, repeatable
 data. Sizes are tiny: the whole kit over the built-ins takes well under a minute.
@@ -85,7 +95,10 @@ __all__ = [
     "check_compressed_causal",
     "check_compressed_batch_independence",
     "case_configs",
+    "sampled_configs",
     "representative_position",
+    "SAMPLED_CONFIGS",
+    "MAX_SAMPLED_CONFIGS",
 ]
 
 #: Small sizes every check runs at: batch 2, 16 positions, width 32, 4 heads of 8.
@@ -128,6 +141,15 @@ class Case:
     causal: bool
     position: str | None = None
     config: BlockConfig | None = None  # default: the block's default config
+    sampled: bool = False  # the config was drawn from the block's search space (see sampled_configs)
+
+    @classmethod
+    def of(cls, kind: str, name: str, causal: bool = True, position: str | None = None,
+           config: dict[str, Any] | None = None) -> "Case":
+        """A case by name (plugins are loaded first): ``Case.of("attention", "cosine", config={"init_scale": 2})``."""
+        registry.load_plugins()
+        entry = registry.get(kind, name)
+        return cls(entry, causal, position, entry.config.model_validate({"type": name, **config}) if config else None)
 
     @property
     def id(self) -> str:
@@ -136,14 +158,17 @@ class Case:
             parts.append(self.position)
         if self.config is not None:
             fields = self.config.model_dump(exclude_defaults=True)
-            parts.append(",".join(f"{k}={v}" for k, v in sorted(fields.items()) if k != "type") or "default")
+            shown = ",".join(f"{k}={_short(v)}" for k, v in sorted(fields.items()) if k != "type") or "default"
+            parts.append(f"sampled({shown})" if self.sampled else shown)
         return "-".join(parts)
 
     def dims(self, d_model: int = C, n_heads: int = H, seq_len: int = T) -> Dims:
         return Dims(d_model, n_heads, seq_len, self.causal, n_layers=2)
 
     def build(self, seed: int = 0, dims: Dims | None = None, config: BlockConfig | None = None) -> nn.Module:
-        """The block, built on the current default device with ``torch.manual_seed(seed)``."""
+        """The block, built on the current default device with ``torch.manual_seed(seed)`` (the plugins are
+        loaded first, so a check works in a process that has not called :func:`nas.load_plugins`)."""
+        registry.load_plugins()
         torch.manual_seed(seed)
         dims = dims or self.dims()
         config = config or self.config or self.entry.config()
@@ -195,6 +220,60 @@ def case_configs(entry: Entry) -> list[BlockConfig | None]:
             raise registry.RegistryError(f"{entry.kind} '{entry.name}': conformance config {overrides} is "
                                          f"invalid: {str(exc).splitlines()[0]}") from exc
     return configs
+
+
+#: How many configs the kit draws from each block's search space besides its default and explicit ones.
+SAMPLED_CONFIGS = 3
+#: At most this many drawn configs per block, even when covering every listed value would take more.
+MAX_SAMPLED_CONFIGS = 6
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def sampled_configs(entry: Entry, extra: dict[str, Any] | None = None, n: int = SAMPLED_CONFIGS,
+                    seed: int = 0) -> list[BlockConfig]:
+    """Configs drawn from the block's search space as a search draws them (its own ``search_space`` if it has
+    one, for the kit's model of :data:`H` heads), with fixed seeds.
+
+    The space is every value of each Literal/bool field, the defaults, and ``extra`` (the test class's
+    ``example_spaces`` entry). Each of the first configs pins every listed field to one of its values, in a
+    seeded order, so that every value appears at least once when that takes at most
+    :data:`MAX_SAMPLED_CONFIGS` configs; ranges, and the values a block's own space rules out, are sampled.
+    The default config, the block's ``conformance_configs`` and repeats are left out.
+    """
+    import random
+
+    import optuna
+
+    from .space import suggest_block
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = {k: v for k, v in entry_space(entry, extra).model_dump(exclude_none=True).items() if k != "type"}
+    listed = {k: v for k, v in base.items() if isinstance(v, list) and len(v) > 1}
+    rng = random.Random(f"{entry.kind}.{entry.name}.{seed}")
+    orders = {k: rng.sample(range(len(v)), len(v)) for k, v in listed.items()}
+    count = min(MAX_SAMPLED_CONFIGS, max([n, *(len(v) for v in listed.values())]))
+    seen = [c.model_dump() for c in case_configs(entry) if c is not None] + [entry.config().model_dump()]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    dims = Dims(C, H, 0, True, 2)  # as sample_architecture: seq_len is the task's
+    out: list[BlockConfig] = []
+    for i in range(count):
+        pinned = {k: [v[orders[k][i % len(v)]]] for k, v in listed.items()}
+        config = None
+        for overrides in (pinned, {}):  # a block's own space may refuse a pinned value (kv_heads 3 of 4 heads)
+            try:
+                space = entry_space(entry, {**(extra or {}), **overrides})
+                config = entry.config.model_validate(
+                    suggest_block(study.ask(), entry.kind, entry.kind, [space], dims))
+                break
+            except ValueError:
+                continue
+        if config is not None and config.model_dump() not in seen:
+            seen.append(config.model_dump())
+            out.append(config)
+    return out
 
 
 def _moved(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -483,6 +562,9 @@ def check_compressed_batch_independence(case: Case) -> None:
 
 
 # --- pytest classes ---------------------------------------------------------------------------------
+_COLLECTED: dict[type, list[Case]] = {}
+
+
 class _Conformance:
     """Parametrizes the ``case`` argument of every test method over the registered blocks of ``kind``."""
 
@@ -493,10 +575,14 @@ class _Conformance:
     example_spaces: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Extra plugin modules to import before collecting.
     plugins: ClassVar[Sequence[str]] = ()
+    #: How many configs to draw from each block's search space (at least; more to cover every listed value).
+    n_sampled: ClassVar[int] = SAMPLED_CONFIGS
 
     def pytest_generate_tests(self, metafunc: Any) -> None:
         if "case" in metafunc.fixturenames:
-            cases = list(self.cases())
+            cases = _COLLECTED.get(type(self))
+            if cases is None:  # once per class: drawing configs and choosing position schemes is not free
+                cases = _COLLECTED[type(self)] = list(self.cases())
             if getattr(metafunc.function, "causal_only", False):
                 cases = [c for c in cases if c.causal]
             if getattr(metafunc.function, "default_config_only", False):
@@ -520,6 +606,15 @@ class _Conformance:
             for config in case_configs(entry):
                 for causal in _modes(entry):
                     yield Case(entry, causal, config=config)
+            yield from cls.sampled_cases(entry)
+
+    @classmethod
+    def sampled_cases(cls, entry: Entry) -> Iterator[Case]:
+        """The cases of the configs drawn from ``entry``'s search space (see :func:`sampled_configs`)."""
+        for config in sampled_configs(entry, cls.example_spaces.get(entry.name), cls.n_sampled):
+            for causal in _modes(entry):
+                position = representative_position(entry) if entry.kind == "attention" else None
+                yield Case(entry, causal, position, config, sampled=True)
 
     @staticmethod
     def skip_if_unrunnable(case: Case) -> None:
@@ -601,6 +696,7 @@ class AttentionConformance(_ModuleConformance):
                 for causal in _modes(entry):
                     for mode in sorted(entry.capabilities.positions):
                         yield Case(entry, causal, position_of_mode(mode), config)
+            yield from cls.sampled_cases(entry)
 
     @_default_config_only
     def test_declares_position_modes(self, case: Case) -> None:
@@ -632,6 +728,8 @@ class CompressionConformance(_Conformance):
         for entry in cls.entries():
             for config in case_configs(entry):
                 yield Case(entry, causal=True, config=config)
+            for config in sampled_configs(entry, cls.example_spaces.get(entry.name), cls.n_sampled):
+                yield Case(entry, causal=True, config=config, sampled=True)
 
     @staticmethod
     def tiny_model(seed: int = 0) -> tuple[nn.Module, Any]:

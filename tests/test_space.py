@@ -136,7 +136,8 @@ def test_flat_has_one_entry_per_layer_and_field(spec):
 
 
 def test_summary(make_arch):
-    assert make_arch(d_model=32, n_heads=2, n_layers=2, position="rope").summary() == "softmax+rope d32 L2 H2"
+    assert (make_arch(d_model=32, n_heads=2, n_layers=2, position="rope").summary()
+            == "rope d32 L2 H2: softmax pre-layernorm mlp(expansion=2)")
 
 
 def test_architecture_round_trips_through_json(spec):

@@ -141,7 +141,7 @@ def test_cli_trial_json(write_spec, tiny_spec_text, capsys):
 def test_cli_trial_text_output(write_spec, tiny_spec_text, capsys):
     assert main(["trial", str(write_spec(tiny_spec_text))]) == 0
     out = capsys.readouterr().out
-    assert "architecture: softmax+rope d32 L1 H2" in out
+    assert "architecture: rope d32 L1 H2: softmax pre-layernorm mlp(expansion=2)" in out
     assert "status: ok" in out and "latency_ms" in out and "step     0  loss" in out
 
 

@@ -12,7 +12,7 @@ It knows the registry and the block contracts, and nothing of sampling, models, 
 
 from .checks import check_semantics, objective_directions, usable_blocks, values
 from .errors import Problem, SpecError
-from .load import LoadedSpec, load_spec, spec_from_data
+from .load import LoadedSpec, load_spec, space_plugins, spec_from_data
 from .sampler import make_sampler
 from .schema import (BLOCK_KINDS, MEASURED_METRICS, SAMPLERS, BlockSpace, Constraints, DistillConfig, FloatRange,
                      IntRange, MeasureConfig, ModelSpace, Objective, OptimizerConfig, ResourcesConfig, SamplerConfig,
@@ -24,5 +24,5 @@ __all__ = [
     "IntRange", "LoadedSpec", "MeasureConfig", "ModelSpace", "Objective", "OptimizerConfig", "Problem",
     "ResourcesConfig", "SamplerConfig", "ScheduleConfig", "SearchConfig", "Spec", "SpaceBase", "SpecBase",
     "SpecError", "TrainingConfig", "block_space_model", "check_semantics", "load_spec", "objective_directions",
-    "spec_from_data", "spec_model", "make_sampler", "teacher_files", "usable_blocks", "values",
+    "space_plugins", "spec_from_data", "spec_model", "make_sampler", "teacher_files", "usable_blocks", "values",
 ]

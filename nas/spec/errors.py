@@ -102,8 +102,7 @@ def _message(err: ErrorDetails, path: YamlPath, data: Any) -> str:
     if bad_type and names_a_block:
         block_kind = str(path[1]) if path[0] == "space" else "task"
         tag = err["input"] if kind == "literal_error" else err.get("ctx", {}).get("tag")
-        valid = registry.names(block_kind)
-        return f"unknown {block_kind} '{tag}'{did_you_mean(str(tag), valid)} registered: {', '.join(valid)}"
+        return registry.unknown(block_kind, str(tag))
     if kind == "union_tag_not_found":
         block_kind = str(path[1]) if path and path[0] == "space" and len(path) > 1 else "task"
         return f"missing 'type'; registered {block_kind} types: {', '.join(registry.names(block_kind))}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from .checks import check_semantics, partial_checks
 from .errors import Problem, SpecError, problems_from_validation
 from .schema import Spec, spec_model
 
-__all__ = ["LoadedSpec", "load_spec", "spec_from_data"]
+__all__ = ["LoadedSpec", "load_spec", "spec_from_data", "space_plugins"]
 
 
 @dataclass
@@ -25,8 +27,8 @@ class LoadedSpec:
     text: str = ""
 
 
-def load_spec(path: str | Path, device: str | None = None) -> LoadedSpec:
-    """Read, validate and check one search-space file; raise :class:`SpecError` listing every problem."""
+def _read(path: str | Path) -> tuple[str, dict[str, Any], yamlio.Locations]:
+    """The file's text, its top-level mapping and the line of every value; :class:`SpecError` if unreadable."""
     source = str(path)
     try:
         text = yamlio.read_text(path)
@@ -42,6 +44,19 @@ def load_spec(path: str | Path, device: str | None = None) -> LoadedSpec:
         data = {}
     if not isinstance(data, dict):
         raise SpecError(source, [Problem((), f"expected a mapping of sections, got {type(data).__name__}", 1)])
+    return text, data, locs
+
+
+def space_plugins(path: str | Path) -> list[str]:
+    """The module names a space file lists under ``plugins:``, read without validating the rest."""
+    plugins = _read(path)[1].get("plugins") or []
+    return [str(m) for m in plugins] if isinstance(plugins, list) else []
+
+
+def load_spec(path: str | Path, device: str | None = None) -> LoadedSpec:
+    """Read, validate and check one search-space file; raise :class:`SpecError` listing every problem."""
+    source = str(path)
+    text, data, locs = _read(path)
 
     plugins = data.get("plugins") or []
     if isinstance(plugins, list):
@@ -71,6 +86,18 @@ def load_spec(path: str | Path, device: str | None = None) -> LoadedSpec:
 
 def spec_from_data(data: dict[str, Any], plugins: list[str] | tuple[str, ...] = ()) -> Spec:
     """A spec that was already validated elsewhere (sent to a Ray worker as JSON): load the plugins it names
-    in this process, then validate it again here."""
+    in this process, then validate it again here.
+
+    When it no longer validates because a plugin failed to import in this process (installed on the driver but
+    broken on this worker), raises :class:`~nas.registry.PluginError` naming the plugin and its error, so the
+    trial fails with that reason."""
     registry.load_plugins(plugins)
-    return spec_model().model_validate(data)
+    try:
+        return spec_model().model_validate(data)
+    except ValidationError as exc:
+        if not registry.broken():
+            raise
+        problems = problems_from_validation(exc, data, yamlio.Locations("<spec>"))
+        where = f"{platform.node()} pid {os.getpid()}"
+        why = "; ".join(f"{'.'.join(map(str, p.path))}: {p.message}" for p in problems)
+        raise registry.PluginError(f"the space does not validate in this process ({where}): {why}") from None
