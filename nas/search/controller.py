@@ -19,6 +19,7 @@ failed ones (exception, NaN, out of memory) do.
 
 from __future__ import annotations
 
+import json
 import signal
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .. import registry
 from ..architecture import Architecture
 from ..report import Front, TrialRow, format_table, write_front
+from ..saved import TASK
 from ..spec import LoadedSpec, make_sampler, objective_directions
 from .executor import RayExecutor, TrialOutput
 from .fronts import FrontKeeper
@@ -181,7 +183,7 @@ class Controller:
                         continue
                     trial, arch = proposal.trial, proposal.arch
                     trial.set_user_attr("architecture", arch.model_dump())  # the journal can rebuild its run
-                    run_id = tracker.start_trial(trial.number, arch.flat(), arch.summary())
+                    run_id = tracker.start_trial(trial.number, arch)
                     trial.set_user_attr("mlflow_run_id", run_id)
                     running[executor.submit(arch)] = RunningTrial(trial, arch, time.perf_counter())
                 if not running:
@@ -223,7 +225,7 @@ class Controller:
         told = policy.tell(job.trial, result)
         if told.status != "ok":  # a non-finite objective: failed after all
             self.weights.discard(number)
-        tracker.finish_trial(number, told.status, result.metrics, told.reason, result.curve, result.info)
+        tracker.finish_trial(number, told.status, job.trial.user_attrs)  # what the journal now holds
         self.view.trial(number, job.arch.summary(), told, result)
         if told.status == "ok":
             fronts.update()
@@ -265,8 +267,11 @@ class Controller:
 
     def _log_model(self, tracker: SearchTracker, row: TrialRow) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            if self.weights.model_folder(row.number, Path(tmp), self.source.read_text()):
-                tracker.log_model(row.number, Path(tmp))
+            folder = Path(tmp) / "model"  # a saved model (nas.saved): the weights store's files and the task
+            folder.mkdir()
+            if self.weights.model_folder(row.number, folder, self.source.read_text()):
+                (folder / TASK).write_text(json.dumps(self.spec.task.model_dump(mode="json"), indent=2))
+                tracker.log_model(row.number, folder)
 
 
 def _plugin_list() -> list[dict[str, str]]:
