@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow.models
-import mlflow.pyfunc
 import numpy as np
 import torch
+from mlflow.pyfunc import PythonModel
 
 
-class TrialModel(mlflow.pyfunc.PythonModel):
+class TrialModel(PythonModel):
     """A trial's trained model, compressed as it was measured."""
 
     def load_context(self, context: Any) -> None:

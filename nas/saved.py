@@ -111,7 +111,7 @@ def load_saved(path: str | Path, compressed: bool = True, task: Task | None = No
         if not task_file.is_file():
             raise ValueError(f"{path}: no {TASK} beside the weights; pass the task (or use `nas export`)")
         task = saved_task(json.loads(task_file.read_text()))
-    model = build_model(arch, task)
+    model: nn.Module = build_model(arch, task)
     load_weights(model, str(weights))
     model.eval()
     if compressed and arch.compressed:

@@ -215,6 +215,7 @@ class Controller:
             executor.shutdown()
         finally:
             stop.__exit__()
+            self.view.close()
         return self._finish(store, tracker, started, aborted, status, stopped_by)
 
     def _collect(self, policy: AskTell, tracker: SearchTracker, fronts: FrontKeeper, job: RunningTrial,

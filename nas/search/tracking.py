@@ -290,8 +290,14 @@ class SearchTracker:
         """Log the saved model in ``folder`` (:mod:`nas.saved`) as trial ``number``'s MLflow pyfunc model
         ``model``, with an input example and its signature."""
         run_id = self.runs.get(number)
-        if run_id and not self._guard(lambda c: "nas.model_id" in c.get_run(run_id).data.tags, True):
-            self._guard(lambda c: c.set_tag(run_id, "nas.model_id", _log_pyfunc(self.uri, run_id, folder)), None)
+        if not run_id or self._guard(lambda c: "nas.model_id" in c.get_run(run_id).data.tags, True):
+            return  # offline, or logged by an earlier run of this search
+        try:
+            model_id = _log_pyfunc(self.uri, run_id, folder)
+        except Exception as exc:  # a model that cannot be logged is said, and the search still ends well
+            self.say(f"warning: trial {number}'s MLflow model was not logged ({type(exc).__name__}: {exc})")
+            return
+        self._guard(lambda c: c.set_tag(run_id, "nas.model_id", model_id), None)
 
     # -- the journal is the truth ------------------------------------------------------------------
     def sync(self, study: "optuna.Study", running: Iterable[int] = ()) -> int:
