@@ -329,12 +329,13 @@ def _front_urls(root: Path, port: int, name: str | None) -> list[tuple[str, str]
         urls = [u for u in urls if u[0] == name]
         if not urls:
             raise UsageError(f"no search named '{name}' in {root / 'mlflow.db'}; known: "
-                             f"{', '.join(n for n, _ in found) or 'none'}")
+                             f"{', '.join(n for _, n in found) or 'none'}")
     return urls
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     import signal
+    import sqlite3
     import subprocess
     import time
     import urllib.request
@@ -346,9 +347,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     cmd = ui_command(root, args.port)
     try:
         urls = _front_urls(root, args.port, args.name)
-    except Exception as exc:  # an older or foreign store: the UI still opens
-        if isinstance(exc, UsageError):
-            raise
+    except sqlite3.Error:  # a store of another MLflow version: the UI still opens, at its start page
         urls = []
     if args.dry_run:
         for search, url in urls:

@@ -293,7 +293,8 @@ class SearchTracker:
         if not run_id or self._guard(lambda c: "nas.model_id" in c.get_run(run_id).data.tags, True):
             return  # offline, or logged by an earlier run of this search
         try:
-            model_id = _log_pyfunc(self.uri, run_id, folder)
+            assert self._client is not None
+            model_id = _log_pyfunc(self._client, self.experiment_id, run_id, folder)
         except Exception as exc:  # a model that cannot be logged is said, and the search still ends well
             self.say(f"warning: trial {number}'s MLflow model was not logged ({type(exc).__name__}: {exc})")
             return
@@ -464,15 +465,20 @@ def _spec_summary(spec: Spec) -> list[str]:
     return parts
 
 
-def _log_pyfunc(uri: str, run_id: str, folder: Path) -> str:
+def _log_pyfunc(client: "MlflowClient", experiment_id: str, run_id: str, folder: Path) -> str:
     """Log the saved model in ``folder`` as run ``run_id``'s pyfunc model ``model``, from code
     (:mod:`nas.mlflow_model`, so no class is pickled), with an input example and the signature it implies.
+    Returns the logged model's id.
 
-    ``mlflow.pyfunc.log_model`` logs to the active run of MLflow's fluent API, at its global tracking URI; both
-    are set for the call and put back after. Returns the logged model's id."""
+    Written with the client (a logged model, its artifacts, the run's output), not ``mlflow.pyfunc.log_model``:
+    that one logs to the fluent API's active run at its global tracking URI, state shared by everything in the
+    process (tests run several searches in one)."""
+    import tempfile
+
     import mlflow
     import torch
-    from mlflow.models import infer_signature
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import Model, infer_signature
 
     from .. import mlflow_model
     from ..saved import load_saved
@@ -481,15 +487,21 @@ def _log_pyfunc(uri: str, run_id: str, folder: Path) -> str:
     x = saved.task.example_batch(1)[0]
     with torch.inference_mode():
         y = saved.model(x).float().numpy()
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    params = client.get_run(run_id).data.params
+    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, params=params,
+                                        tags={"nas.trial_run": run_id})
     try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(mlflow_model.__file__)), artifacts={"model": str(folder)},
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.pyfunc.save_model(
+                path=f"{tmp}/model", python_model=str(Path(mlflow_model.__file__)), artifacts={"model": str(folder)},
                 input_example=x.numpy(), signature=infer_signature(x.numpy(), y),
+                mlflow_model=Model(run_id=run_id, model_id=logged.model_id),
                 pip_requirements=[f"nas-transformers=={__version__}", f"torch=={torch.__version__.split('+')[0]}",
                                   f"mlflow=={mlflow.__version__}", "safetensors"])
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return str(info.model_id)
+            client.log_model_artifacts(logged.model_id, f"{tmp}/model")
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    client.finalize_logged_model(logged.model_id, "READY")
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return str(logged.model_id)
