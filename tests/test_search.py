@@ -888,3 +888,40 @@ def _kill_and_resume(tmp_path: Path, root: Path, command: list[str], env: dict[s
             assert run.info.status == "KILLED" and run.data.tags["status"] == "interrupted"
     for t in finished:
         assert by_run[t.user_attrs["mlflow_run_id"]].info.status in ("FINISHED", "FAILED")
+
+
+def test_export_writes_a_model_that_loads_in_a_fresh_interpreter_and_pickles_are_refused(e2e, tmp_path):
+    import torch
+
+    from nas.saved import find_saved, load_model
+
+    front = e2e["runs"][-1]["front"][0]["number"]
+    out = tmp_path / "exported"
+    code, text, err = run_cli(e2e["cwd"], "export", "e2e", str(front), str(out), "--dir", "out")
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} == {"weights.safetensors", "architecture.json", "task.json", "space.yaml",
+                                               "README.md"}
+    assert "nas.load_model" in (out / "README.md").read_text()
+    script = ("import sys, torch, nas; m = nas.load_model(sys.argv[1]); x = torch.zeros(2, 16, dtype=torch.long); "
+              "print(tuple(m(x).shape)); print('mlflow' in sys.modules)")
+    ran = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split() == ["(2,", "16,", "16)", "False"]  # logits per position; MLflow not needed
+
+    code, _, err = run_cli(e2e["cwd"], "export", "e2e", str(front), str(out), "--dir", "out")
+    assert code == 2 and "not empty" in err
+    code, _, err = run_cli(e2e["cwd"], "export", "e2e", "99", str(tmp_path / "x"), "--dir", "out")
+    assert code == 2 and "no trial 99" in err
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save({"w": torch.zeros(1)}, pickled / "model.pt")
+    with pytest.raises(ValueError, match="refus"):
+        find_saved(pickled)
+    with pytest.raises(ValueError, match="refusing a pickle"):
+        load_model(pickled / "model.pt")
+    renamed = tmp_path / "renamed"
+    shutil.copytree(out, renamed)
+    torch.save({"w": torch.zeros(1)}, renamed / "weights.safetensors")  # a pickle behind a safetensors name
+    with pytest.raises(ValueError, match="safetensors weights only"):
+        load_model(renamed)

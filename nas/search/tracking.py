@@ -477,7 +477,7 @@ def _log_pyfunc(client: "MlflowClient", experiment_id: str, run_id: str, folder:
 
     import mlflow
     import torch
-    from mlflow.entities import LoggedModelOutput
+    from mlflow.entities import LoggedModelOutput, Metric
     from mlflow.models import Model, infer_signature
 
     from .. import mlflow_model
@@ -487,8 +487,8 @@ def _log_pyfunc(client: "MlflowClient", experiment_id: str, run_id: str, folder:
     x = saved.task.example_batch(1)[0]
     with torch.inference_mode():
         y = saved.model(x).float().numpy()
-    params = client.get_run(run_id).data.params
-    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, params=params,
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id, params=run.data.params,
                                         tags={"nas.trial_run": run_id})
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -504,4 +504,8 @@ def _log_pyfunc(client: "MlflowClient", experiment_id: str, run_id: str, folder:
         raise
     client.finalize_logged_model(logged.model_id, "READY")
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    # the trial's figures on the model's page too (as log_model does: the run's metrics again, with the model id)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=logged.model_id, run_id=run_id)
+                                      for k, v in run.data.metrics.items() if k != "train_loss"])
     return str(logged.model_id)
