@@ -614,7 +614,7 @@ def test_constraints_prune_oversized_samples_and_keep_violators_off_the_front(tm
 
     _, _, children = mlflow_runs(tmp_path / "out", "constrained")
     assert sorted(c.data.tags["trial_number"] for c in children) == sorted(str(t.number) for t in complete)
-    assert {(c.data.tags["pareto"], c.data.tags["pareto_rank"]) for c in children} == {("false", "none")}
+    assert {(c.data.tags["pareto"], c.data.tags["pareto_rank"]) for c in children} == {("false", "infeasible")}
 
 
 # --- the sampler and the dynamic parameter names ------------------------------------------------------
