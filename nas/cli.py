@@ -189,13 +189,11 @@ def _next_steps(name: str, root: Path, front: Sequence[Any]) -> str:
     """Where to look next, with the commands spelled out for this search."""
     at = "" if root == Path(".nas") else f" --dir {root}"
     example = front[0].number if front else "TRIAL"
-    return "\n".join([
-        "",
-        "next:",
-        f"  nas ui{at}                         the MLflow UI, opened on this front (one click per trial, its model)",
-        f"  nas show {name}{at} --all            every trial, with its parameters",
-        f"  nas export {name} {example} DIR{at}      a front trial's weights and architecture, for nas.load_model(DIR)",
-    ])
+    steps = [(f"nas ui{at}", "the MLflow UI, opened on this front (each trial, its model)"),
+             (f"nas show {name} --all{at}", "every trial, with its parameters"),
+             (f"nas export {name} {example} DIR{at}", "a front trial's model, for nas.load_model(DIR)")]
+    width = max(len(c) for c, _ in steps)
+    return "\n".join(["", "next:"] + [f"  {c:<{width}}  {what}" for c, what in steps])
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:
