@@ -2,15 +2,33 @@
 
 This module is the whole public API a plugin needs, and nothing else: the block contracts, the optional
 hooks a block may implement, the registration decorator, and the helpers for a block's own search space.
-Everything else lives in a module of its own (see the README's "Where things live").
+Everything else lives in a module of its own (see the README's "Where things live"); :func:`load_model`, for
+using what a search found, imports its machinery only when called.
 """
+
+from typing import TYPE_CHECKING
 
 from .blocks import (POSITION_MODES, AuxLoss, Batch, BlockConfig, Capabilities, Compression, Dims, Finetune,
                      InactiveParameters, PositionScheme, PrunableHeads, PrunableNeurons, ResetStats, Stats, Task)
 from .registry import load_plugins, register
 from .space import suggest_among, suggest_value
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
 __version__ = "0.1.0"
+
+
+def load_model(path: "str | Path", compressed: bool = True, device: "str | torch.device" = "cpu") -> "torch.nn.Module":
+    """A model found by a search, ready to call: ``path`` is a folder from ``nas export NAME TRIAL DIR`` or a
+    trial's MLflow model downloaded (``runs:/<id>/model``). Weights are read with safetensors only; pickles are
+    refused. ``compressed``: re-apply the trial's compression, as it was measured. See :mod:`nas.saved`."""
+    from .saved import load_model as load
+
+    return load(path, compressed, device)
+
 
 __all__ = [
     "POSITION_MODES",
@@ -28,6 +46,7 @@ __all__ = [
     "ResetStats",
     "Stats",
     "Task",
+    "load_model",
     "load_plugins",
     "register",
     "suggest_among",

@@ -200,7 +200,30 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 # --- nas search / show / ui ----------------------------------------------------------------------
+def quiet_libraries(verbose: bool) -> None:
+    """Hide MLflow's and Ray's chatter (database set-up lines, artifact progress bars, run URLs, Ray's start-up
+    and token lines) unless ``verbose``; warnings and errors of nas itself still show.
+
+    MLflow reads its level from ``MLFLOW_LOGGING_LEVEL`` when it is imported; Ray sets its logger to INFO when
+    imported, and the search starts Ray at the level of that logger: so Ray is imported here, then quieted."""
+    import logging
+    import warnings
+
+    import ray  # noqa: F401  (see the docstring)
+
+    if verbose:
+        logging.getLogger("ray").setLevel(logging.INFO)
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    for name, level in (("mlflow", logging.WARNING), ("alembic", logging.WARNING), ("ray", logging.ERROR)):
+        logging.getLogger(name).setLevel(level)
+    warnings.filterwarnings("ignore", module=r"mlflow(\..*)?$")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    quiet_libraries(args.verbose)
     from .search import SearchAborted, SearchPaths, SearchRefused, format_outcome, run_search
 
     loaded = _load(args.space)
@@ -208,7 +231,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.resume and not SearchPaths(root, loaded.spec.name).journal.exists():
         raise UsageError(f"--resume: no search named '{loaded.spec.name}' under {root} to resume")
     try:
-        outcome = run_search(loaded, root=root, address=args.address, live=not args.quiet,
+        outcome = run_search(loaded, root=root, address=args.address, live=not args.quiet and not args.json,
                              tracking_uri=args.tracking_uri)
     except SearchRefused as exc:  # another process holds the search, or its stored space differs
         print(f"error: {exc}", file=sys.stderr)
@@ -220,7 +243,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(_outcome_json(outcome), indent=2))
     else:
         print(format_outcome(outcome))
+        print(_next_steps(outcome.name, root, outcome.front.pareto))
     return outcome.exit_code
+
+
+def _next_steps(name: str, root: Path, front: Sequence[Any]) -> str:
+    """Where to look next, with the commands spelled out for this search."""
+    at = "" if root == Path(".nas") else f" --dir {root}"
+    example = front[0].number if front else "TRIAL"
+    steps = [(f"nas ui{at}", "the MLflow UI, opened on this front (each trial, its model)"),
+             (f"nas show {name} --all{at}", "every trial, with its parameters"),
+             (f"nas export {name} {example} DIR{at}", "a front trial's model, for nas.load_model(DIR)")]
+    width = max(len(c) for c, _ in steps)
+    return "\n".join(["", "next:"] + [f"  {c:<{width}}  {what}" for c, what in steps])
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:
@@ -240,6 +275,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .report import format_table
     from .search import SearchOutcome, SearchPaths, count_trials, load_study, study_front
 
+    if args.name is None:
+        return _list_searches(Path(args.dir), args.json)
     paths = SearchPaths(Path(args.dir), args.name)
     try:
         study = load_study(paths)
@@ -248,11 +285,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     front, hv, ref = study_front(study)
     outcome = SearchOutcome(args.name, front, hv, ref, count_trials(study), 0.0,
                             study.user_attrs.get("mlflow_parent_run_id", ""), paths)
-    failures = [{"trial": t.number, "reason": t.user_attrs.get("reason")} for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("reason")]
+    trials = study.get_trials(deepcopy=False)
+    failures = [{"trial": t.number, "reason": t.user_attrs.get("reason")} for t in trials if t.user_attrs.get("reason")]
+    params = {t.number: _trial_params(t) for t in trials}
     if args.json:
         out = _outcome_json(outcome)
         out.pop("seconds")
+        for row in out["front"]:
+            row["params"] = params[row["number"]]
+        if args.all:
+            out["trials"] = [{"number": r.number, "architecture": r.summary, "values": r.values,
+                              "pareto_rank": k if k >= 0 else None, "feasible": r.feasible, "run_id": r.run_id,
+                              "params": params[r.number], "metrics": r.metrics}
+                             for r, k in zip(front.rows, front.ranks)]
         out["failures"] = failures
         print(json.dumps(out, indent=2))
         return 0
@@ -262,32 +307,230 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{c.steps} training steps")
     print(f"hypervolume: {hv:.6g} (reference point {ref})" if hv is not None else "hypervolume: -")
     print("\nPareto front:\n" + format_table(front))
+    shown = front.rows if args.all else front.pareto
     if args.all:
         print("\nAll complete trials:\n" + format_table(front, only_front=False))
+    if shown:
+        print("\nSearched parameters" + (":" if args.all else " of the front:"))
+        for r in sorted(shown, key=lambda r: r.number):
+            print(f"  {r.number:>4}  " + "  ".join(f"{k}={v}" for k, v in params[r.number].items()))
     for f in failures:
         print(f"trial {f['trial']}: {f['reason']}")
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
-    import os
+def _trial_params(trial: Any) -> dict[str, Any]:
+    """A trial's sampled parameters under their dotted names (as in the YAML, MLflow and the study)."""
+    from .space import param_name
+
+    return {param_name(k): v for k, v in sorted(trial.params.items())}
+
+
+def _list_searches(root: Path, as_json: bool) -> int:
+    """``nas show`` without a name: every search stored under ``root``."""
+    import time
+
+    from .search import SearchPaths, count_trials, load_study, study_front
+
+    journals = sorted((root / "studies").glob("*.journal"), key=lambda p: p.stat().st_mtime, reverse=True)
+    rows = []
+    for journal in journals:
+        study = load_study(SearchPaths(root, journal.stem))
+        front, hv, _ = study_front(study)
+        modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(journal.stat().st_mtime))
+        rows.append({"name": journal.stem, "counts": count_trials(study).as_dict(), "front": len(front.pareto),
+                     "hypervolume": hv, "modified": modified,
+                     "mlflow_parent_run_id": study.user_attrs.get("mlflow_parent_run_id", "")})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no searches under {root} yet; run `nas search SPACE.yaml` (or pass --dir)")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"searches under {root} (newest first):")
+    for r in rows:
+        c, hv = r["counts"], r["hypervolume"]
+        print(f"  {r['name']:<{width}}  {c['complete']} complete, {c['failed']} failed; front {r['front']}; "
+              f"hypervolume {'-' if hv is None else f'{hv:.4g}'}; {r['modified']}")
+    print("`nas show NAME` for one of them")
+    return 0
+
+
+def ui_command(root: Path, port: int) -> list[str]:
+    """The MLflow server ``nas ui`` starts: one worker (a local viewer needs no more; each is ~0.9 GB), bound to
+    127.0.0.1, answering only requests addressed to it (Host header) and scripts from its own pages (CORS)."""
     import shutil
 
     from .tracking import tracking_uri
+
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow") or "mlflow"
+    here = [f"127.0.0.1:{port}", f"localhost:{port}"]
+    return [mlflow_bin, "ui", "--backend-store-uri", tracking_uri(root), "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--allowed-hosts", ",".join(here),
+            "--cors-allowed-origins", ",".join(f"http://{h}" for h in here)]
+
+
+def _front_urls(root: Path, port: int, name: str | None) -> list[tuple[str, str]]:
+    """(search, URL opening its experiment on the saved view of its front), newest search first."""
+    import sqlite3
+
+    from .tracking import FRONT_VIEW
+
+    # read-only, straight from the store: importing MLflow here would cost seconds before the URL shows
+    with sqlite3.connect(f"file:{root / 'mlflow.db'}?mode=ro", uri=True) as db:
+        found = db.execute(
+            "SELECT e.experiment_id, e.name FROM experiments e JOIN experiment_tags t ON t.experiment_id = "
+            "e.experiment_id WHERE t.key = ? AND e.lifecycle_stage = 'active' ORDER BY e.last_update_time DESC",
+            (f"mlflow.sharedViewState.{FRONT_VIEW}",)).fetchall()
+    # the runs tab itself (the experiment's root redirects there and drops the view key), in the training view
+    urls = [(n, f"http://127.0.0.1:{port}/#/experiments/{i}/runs?viewStateShareKey={FRONT_VIEW}"
+                "&workflowType=machine_learning") for i, n in found]
+    if name is not None:
+        urls = [u for u in urls if u[0] == name]
+        if not urls:
+            raise UsageError(f"no search named '{name}' in {root / 'mlflow.db'}; known: "
+                             f"{', '.join(n for _, n in found) or 'none'}")
+    return urls
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+    import urllib.request
 
     root = Path(args.dir)
     if not (root / "mlflow.db").exists():
         raise UsageError(f"no MLflow store at {root / 'mlflow.db'}; run `nas search SPACE.yaml` first "
                          "(or pass --dir)")
-    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    cmd = [mlflow_bin, "ui", "--backend-store-uri", tracking_uri(root), "--host", "127.0.0.1",
-           "--port", str(args.port)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    cmd = ui_command(root, args.port)
+    try:
+        urls = _front_urls(root, args.port, args.name)
+    except sqlite3.Error:  # a store of another MLflow version: the UI still opens, at its start page
+        urls = []
     if args.dry_run:
+        for search, url in urls:
+            print(f"{search}: {url}")
         print(" ".join(cmd))
         return 0
-    os.execv(cmd[0], cmd)
-    return 0  # not reached
+    started = time.perf_counter()
+    log = None if args.verbose else (root / "ui.log").open("ab")
+    # No job runner (MLflow's background jobs serve GenAI evaluation): three fewer processes to start
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+                                                                            "false")}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log else None, env=env)
+    health = f"http://127.0.0.1:{args.port}/health"
+    try:
+        while True:
+            if proc.poll() is not None:
+                print(f"error: the MLflow server exited ({proc.returncode})"
+                      + ("" if args.verbose else f"; its output is in {root / 'ui.log'}"), file=sys.stderr)
+                return EXIT_FAILED
+            try:
+                with urllib.request.urlopen(health, timeout=1) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        print(f"MLflow UI ready in {time.perf_counter() - started:.1f} s (1 worker, 127.0.0.1 only; Ctrl-C to stop)")
+        if urls:
+            print("the front of each search (its front trials, objectives as columns, best first):")
+            for search, url in urls:
+                print(f"  {search}: {url}")
+        else:
+            print(f"  http://127.0.0.1:{args.port}/")
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+        return 0 if proc.wait() in (0, -signal.SIGTERM, -signal.SIGINT) else EXIT_FAILED
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if log is not None:
+            log.close()
+
+
+# --- nas export ----------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from .saved import ARCHITECTURE, SPACE, TASK, WEIGHTS, check_safetensors, write_saved
+    from .search import SearchPaths, load_study
+
+    paths = SearchPaths(Path(args.dir), args.name)
+    try:
+        study = load_study(paths)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if args.trial not in trials:
+        raise UsageError(f"search '{args.name}' has no trial {args.trial} (trials 0..{len(trials) - 1})")
+    weights = paths.weights / f"trial_{args.trial}.safetensors"
+    if not weights.is_file():
+        raise UsageError(f"trial {args.trial} of '{args.name}' has no saved weights ({weights}): weights are kept "
+                         f"for trials that finished ok, with search.save_weights: true")
+    try:
+        check_safetensors(weights)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; export into a new folder")
+    text = study.user_attrs.get("spec_text", "")
+    task = _stored_task(text)
+    arch_json = weights.with_suffix(".json").read_text()
+    write_saved(out, weights.read_bytes(), arch_json, task, text)
+    t = trials[args.trial]
+    values = ", ".join(f"{m}={v:.4g}" for (m, _), v in zip(study.user_attrs["objectives"], t.values or []))
+    (out / "README.md").write_text(_export_readme(args.name, args.trial, t.user_attrs.get("summary", ""), values,
+                                                  out))
+    print(f"exported trial {args.trial} of '{args.name}' ({t.user_attrs.get('summary', '')}) to {out}: "
+          f"{WEIGHTS}, {ARCHITECTURE}, {TASK}, {SPACE}, README.md")
+    print(f'load it: python -c "import nas; print(nas.load_model(\'{out}\'))"')
+    return 0
+
+
+def _stored_task(spec_text: str) -> dict[str, Any]:
+    """The task config of a stored search, defaults filled in, from the YAML the study keeps."""
+    import yaml
+
+    registry.load_plugins()
+    data = yaml.safe_load(spec_text) or {}  # already checked (and bounded) when the search started
+    task = data.get("task", {"type": registry.default("task")})
+    entry = registry.get("task", task["type"])
+    try:
+        return entry.config.model_validate(task).model_dump(mode="json")
+    except ValueError:  # e.g. a text task's files are not here: the shapes are all a model needs
+        return entry.config.model_construct(**task).model_dump(mode="json")
+
+
+def _export_readme(name: str, trial: int, summary: str, values: str, out: Path) -> str:
+    return textwrap.dedent(f"""\
+        # Trial {trial} of the search `{name}`
+
+        {summary}: {values}
+
+        - `weights.safetensors`: the trained weights (safetensors; no pickle)
+        - `architecture.json`: the resolved architecture (every block's config)
+        - `task.json`: the task it reads and predicts (vocabulary, sequence length)
+        - `space.yaml`: the search space it came from
+
+        Load it where `nas-transformers` is installed (its compression, if any, is re-applied):
+
+        ```python
+        import torch
+        import nas
+
+        model = nas.load_model("{out}")          # a torch.nn.Module in eval mode, on the CPU
+        x = torch.zeros(1, 16, dtype=torch.long)  # (batch, sequence) token ids; task.json has the sizes
+        logits = model(x)
+        ```
+        """)
 
 
 # --- nas profile -----------------------------------------------------------------------------------
@@ -433,21 +676,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else "
                    "DIR/mlflow.db); the search goes on when it is unreachable and fills it in when it is back")
     p.add_argument("--quiet", action="store_true", help="no live progress, only the final front")
+    p.add_argument("--verbose", action="store_true", help="also show MLflow's and Ray's own log lines")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(fn=cmd_search)
 
-    p = sub.add_parser("show", help="print a search's front and summary from its stored study")
-    p.add_argument("name")
+    p = sub.add_parser("show", help="print a search's front and summary from its stored study (no name: list "
+                       "the searches)")
+    p.add_argument("name", nargs="?")
     p.add_argument("--dir", default=".nas", help="root the search wrote to (default .nas)")
-    p.add_argument("--all", action="store_true", help="also list every complete trial with its rank")
+    p.add_argument("--all", action="store_true", help="also list every complete trial with its rank and parameters")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_show, needs_plugins=False)
 
-    p = sub.add_parser("ui", help="open the MLflow UI (127.0.0.1) on the searches' tracking store")
+    p = sub.add_parser("ui", help="start the MLflow UI (127.0.0.1) on the searches' store; prints the URL of each "
+                       "search's front")
+    p.add_argument("name", nargs="?", help="only this search's URL (default: every search, newest first)")
     p.add_argument("--dir", default=".nas", help="root the searches wrote to (default .nas)")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--dry-run", action="store_true", help="print the command instead of starting the UI")
+    p.add_argument("--verbose", action="store_true", help="show the MLflow server's own output")
+    p.add_argument("--dry-run", action="store_true", help="print the URLs and the command instead of starting it")
     p.set_defaults(fn=cmd_ui, needs_plugins=False)
+
+    p = sub.add_parser("export", help="write a trial's model (safetensors weights, architecture, task, README) "
+                       "to a folder that nas.load_model reads")
+    p.add_argument("name", help="the search")
+    p.add_argument("trial", type=int, help="the trial number (a front trial: see `nas show NAME`)")
+    p.add_argument("out", metavar="DIR", help="a new (or empty) folder")
+    p.add_argument("--dir", default=".nas", help="root the search wrote to (default .nas)")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("profile", help="measure each attention type's time and memory against sequence length; "
                        "fit scaling exponents; compare a layer's activation memory with Korthikanti et al.")

@@ -4,6 +4,9 @@ Parameter names are namespaced and stable, so Optuna's samplers can learn across
 ``model.d_model``, ``position.type``, ``position.rope.base``, ``attention.type`` (shared across layers) or
 ``layers.3.attention.type`` (``model.per_layer: true``), ``layers.3.attention.softmax.dropout``. A block's
 parameters appear only when that block is chosen.
+
+The same dotted names are used everywhere a parameter is shown: the YAML (``model.d_model``; a block's field
+under its kind and type), the study, MLflow params and ``nas show`` (:func:`architecture_params`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from .architecture import Architecture, LayerArch
 from .blocks import BlockConfig, Dims, search_space_of
 from .spec import BlockSpace, FloatRange, IntRange, Spec, usable_blocks, values
 
-__all__ = ["sample_architecture", "suggest_value", "suggest_among", "suggest_config", "suggest_block", "Suggest"]
+__all__ = ["sample_architecture", "suggest_value", "suggest_among", "suggest_config", "suggest_block", "Suggest",
+           "architecture_params", "param_name"]
 
 
 class Suggest(Protocol):
@@ -125,3 +129,30 @@ def sample_architecture(spec: Spec, trial: Suggest, device: str | None = None) -
     compression = suggest_block(trial, "compression", "compression", usable["compression"], dims)
     return Architecture(d_model=d_model, n_heads=n_heads, n_layers=n_layers, norm_placement=placement,
                         position=position, layers=layers, compression=compression)
+
+
+def param_name(study_name: str) -> str:
+    """The dotted name of a study parameter: ``attention.gqa.kv_heads|n_heads=4`` -> ``attention.gqa.kv_heads``
+    (the ``|condition`` suffix only tells Optuna's choice sets apart, see :func:`suggest_among`)."""
+    return study_name.partition("|")[0]
+
+
+def architecture_params(arch: Architecture, per_layer: bool = False) -> dict[str, Any]:
+    """Every setting of ``arch`` under the names sampling gives them (``model.d_model``, ``position.type``,
+    ``position.rope.base``, ``attention.type``, ``ffn.mlp.expansion``, ``compression.type``; ``layers.3.`` in
+    front of the layer blocks with ``per_layer``, or when the layers differ), fixed settings and defaults included.
+    Unset (``None``) fields are left out."""
+    out: dict[str, Any] = {f"model.{k}": getattr(arch, k) for k in ("d_model", "n_heads", "n_layers", "norm_placement")}
+
+    def block(prefix: str, config: dict[str, Any]) -> None:
+        out[f"{prefix}.type"] = config["type"]
+        out.update({f"{prefix}.{config['type']}.{k}": v for k, v in config.items() if k != "type" and v is not None})
+
+    block("position", arch.position)
+    per_layer = per_layer or any(layer != arch.layers[0] for layer in arch.layers)
+    layers = list(enumerate(arch.layers)) if per_layer else [(0, arch.layers[0])]
+    for i, layer in layers:
+        for kind in ("attention", "norm", "ffn"):
+            block(f"layers.{i}.{kind}" if per_layer else kind, getattr(layer, kind))
+    block("compression", arch.compression)
+    return out

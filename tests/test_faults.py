@@ -147,7 +147,7 @@ def test_a_lost_or_corrupt_mlflow_store_is_rebuilt_from_the_journal(tmp_path, fa
     for child in children:  # the rebuilt runs hold the journal's figures
         trial = study.trials[int(child.data.tags["trial_number"])]
         assert child.data.metrics["accuracy"] == pytest.approx(trial.user_attrs["metrics"]["accuracy"])
-        assert child.data.params["d_model"] == str(trial.user_attrs["architecture"]["d_model"])
+        assert child.data.params["model.d_model"] == str(trial.user_attrs["architecture"]["d_model"])
 
 
 def test_mlflow_tracking_uri_is_honoured(tmp_path, monkeypatch):

@@ -195,11 +195,17 @@ def test_every_trial_is_a_child_run_with_its_architecture_metrics_curve_and_tags
         assert child.data.tags["pareto_rank"].isdigit()
         assert "failure_reason" not in child.data.tags
         params = child.data.params
-        assert params["layers.0.attention.type"] == "softmax"
-        assert params["d_model"] == str(trial.params["model.d_model"])
-        assert params["position.type"] == trial.params["position.type"]
-        assert params["layers.0.ffn.expansion"] == str(trial.params["ffn.mlp.expansion"])
-        assert params["layers.0.ffn.type"] == "mlp"
+        # one naming scheme: every parameter the study sampled is the MLflow param of the same name
+        assert trial.params and all(params[name] == str(value) for name, value in trial.params.items())
+        assert params["attention.type"] == "softmax" and params["ffn.type"] == "mlp"
+        assert params["model.n_layers"] == "1" and "None" not in params.values()
+        assert child.info.run_name.endswith(f"t{trial.number:03d} {trial.user_attrs['summary']}")
+        assert child.info.run_name.startswith("★ ") == (child.data.tags["pareto"] == "true")
+        (e2e["cwd"] / "k" / child.info.run_id).mkdir(parents=True)
+        kernels = client.download_artifacts(child.info.run_id, "info/kernels.json",
+                                            str(e2e["cwd"] / "k" / child.info.run_id))
+        assert json.loads(Path(kernels).read_text()) == {k[7:]: v for k, v in params.items() if k.startswith("kernel.")}
+        assert not any(k.startswith("info.kernels") for k in child.data.tags)
         for metric, _ in OBJECTIVES:
             assert child.data.metrics[metric] == pytest.approx(trial.user_attrs["metrics"][metric])
         assert list(trial.values) == pytest.approx([child.data.metrics[m] for m, _ in OBJECTIVES])
@@ -225,6 +231,14 @@ def test_the_parent_holds_the_spec_the_front_artifacts_and_the_hypervolume_histo
                                                                                     "spec/plugins.json"}
     assert parent.data.tags["nas.kind"] == "search"
     assert parent.data.params["search.sampler.type"] == "nsga2"
+    assert "None" not in parent.data.params.values()  # unset settings are left out
+    assert parent.data.params["space.position.1.type"] == "sinusoidal"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(json.loads(experiment.tags["mlflow.sharedViewState.nas-front"])["state"])
+    assert view["searchFilter"] == "tags.pareto = 'true'" and view["orderByKey"] == "metrics.`accuracy`"
+    assert view["selectedColumns"][1:4] == ["metrics.`accuracy`", "metrics.`latency_ms`", "metrics.`params`"]
+    assert {"params.`model.d_model`", "params.`position.type`"} <= set(view["selectedColumns"])
 
     history = sorted(client.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: (m.step, m.timestamp))
     assert history, "no hypervolume logged"
@@ -268,39 +282,57 @@ def test_the_logged_front_is_the_front_of_the_child_runs_metrics(e2e):
                for p in ("accuracy__vs__latency_ms", "accuracy__vs__params", "latency_ms__vs__params"))
 
 
-def test_pareto_optimal_children_carry_weights_that_reproduce_their_accuracy(e2e):
-    import torch
-    from safetensors.torch import load_model
+def test_pareto_optimal_children_carry_a_pyfunc_model_that_reproduces_their_accuracy(e2e):
+    import mlflow
 
-    from nas.architecture import Architecture
-    from nas.model import build_model, build_task
     from nas.spec import load_spec
 
-    client, _, children = mlflow_runs(e2e["root"], "e2e")
+    client, parent, children = mlflow_runs(e2e["root"], "e2e")
     spec = load_spec(e2e["cwd"] / "space.yaml").spec
-    task = build_task(spec)
+    uri = f"sqlite:///{e2e['root'].resolve()}/mlflow.db"
+    note = parent.data.tags["mlflow.note.content"]
+    checked = 0
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # `runs:/` finds a run's logged model through the global URI
+    try:
+        checked = _check_front_models(children, note, parent, spec, e2e["cwd"])
+    finally:
+        mlflow.set_tracking_uri(before)  # (None: unset again; the searches of later tests read it)
+    assert checked >= 1
+    assert "**Hypervolume**" in note and "nas show e2e" in note
+
+
+def _check_front_models(children: list[Any], note: str, parent: Any, spec: Any, cwd: Path) -> int:
+    import mlflow
+    import torch
+
+    from nas.saved import find_saved, load_saved
+
     checked = 0
     for child in children:
-        if child.data.tags["pareto"] != "true":  # (a trial on the front of an earlier run keeps its weights)
+        if child.data.tags["pareto"] != "true":  # (a trial on the front of an earlier run keeps its model)
             continue
-        files = {f.path for f in client.list_artifacts(child.info.run_id, "model")}
-        assert files == {"model/weights.safetensors", "model/architecture.json", "model/space.yaml"}
-        folder = Path(client.download_artifacts(child.info.run_id, "model", str(e2e["cwd"] / child.info.run_id)))
-        arch = Architecture.model_validate_json((folder / "architecture.json").read_text())
-        assert arch.d_model == int(child.data.params["d_model"])
-        model = build_model(arch, task)
-        missing, unexpected = load_model(model, str(folder / "weights.safetensors"))
-        assert not missing and not unexpected
-        model.eval()
+        assert f"(#/experiments/{parent.info.experiment_id}/runs/{child.info.run_id})" in note  # linked
+        assert child.data.tags["nas.model_id"].startswith("m-")
+        folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{child.info.run_id}/model",
+                                                          dst_path=str(cwd / child.info.run_id)))
+        assert (folder / "MLmodel").is_file() and not list(folder.rglob("*.pkl"))
+        saved = load_saved(folder)
+        assert saved.architecture.d_model == int(child.data.params["model.d_model"])
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as in the trial: the same reduction order
         try:
-            accuracy = task.evaluate(model, spec.training.eval_batch_size, torch.device("cpu"))["accuracy"]
+            accuracy = saved.task.evaluate(saved.model, spec.training.eval_batch_size, torch.device("cpu"))["accuracy"]
+            x = saved.task.example_batch(2)[0]
+            predicted = mlflow.pyfunc.load_model(f"runs:/{child.info.run_id}/model").predict(x.numpy())
         finally:
             torch.set_num_threads(threads)
         assert accuracy == pytest.approx(child.data.metrics["accuracy"], abs=1 / 128 + 1e-9)  # <= 1 of 128 targets
+        with torch.inference_mode():
+            assert np.allclose(predicted, saved.model(x).numpy(), atol=1e-5)
+        assert find_saved(folder).name == "model"
         checked += 1
-    assert checked >= 1
+    return checked
 
 
 def test_show_reports_the_same_front(e2e):
@@ -315,11 +347,25 @@ def test_show_reports_the_same_front(e2e):
     assert [(r["number"], r["values"]) for r in shown["front"]] == front
     assert shown["pair_fronts"] == searched["pair_fronts"]
 
+    assert all(set(r["params"]) == set(e2e["study"].trials[r["number"]].params) for r in shown["front"])
+
     code, out, _ = run_cli(e2e["cwd"], "show", "e2e", "--all", "--dir", "out")
     assert code == 0
     assert "Pareto front:" in out and "6 complete, 0 stopped early, 0 failed" in out
     for row in searched["front"]:
         assert f"\n{row['number']} " in out
+    assert "model.d_model=" in out and "position.type=" in out  # the study's names
+
+    code, out, _ = run_cli(e2e["cwd"], "show", "e2e", "--json", "--all", "--dir", "out")
+    everything = json.loads(out)
+    assert code == 0 and len(everything["trials"]) == 6
+    assert {t["number"] for t in everything["trials"] if t["pareto_rank"] == 0} == {r["number"] for r in shown["front"]}
+    # the front's values are the verified latency where a trial was measured again alone
+    assert all(t["metrics"].get("verified_latency_ms", t["metrics"]["latency_ms"]) == t["values"][1]
+               for t in everything["trials"])
+
+    code, out, _ = run_cli(e2e["cwd"], "show", "--dir", "out")  # no name: the searches there
+    assert code == 0 and "e2e  6 complete, 0 failed" in out
 
 
 def test_show_of_an_unknown_search_names_the_known_ones(e2e):
@@ -331,14 +377,23 @@ def test_show_of_an_unknown_search_names_the_known_ones(e2e):
 def test_ui_dry_run_prints_an_mlflow_command_bound_to_localhost(e2e, tmp_path):
     code, out, _ = run_cli(e2e["cwd"], "ui", "--dry-run", "--dir", "out", "--port", "5123")
     assert code == 0
-    command = out.strip().splitlines()[-1].split()
+    lines = out.strip().splitlines()
+    command = lines[-1].split()
     assert Path(command[0]).name == "mlflow" and command[1] == "ui"
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--port") + 1] == "5123"
+    assert command[command.index("--workers") + 1] == "1"
+    assert command[command.index("--allowed-hosts") + 1] == "127.0.0.1:5123,localhost:5123"
+    assert command[command.index("--cors-allowed-origins") + 1] == "http://127.0.0.1:5123,http://localhost:5123"
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{(e2e['root'] / 'mlflow.db').resolve()}"
+    experiment = mlflow_runs(e2e["root"], "e2e")[1].info.experiment_id
+    assert lines[0] == (f"e2e: http://127.0.0.1:5123/#/experiments/{experiment}/runs?viewStateShareKey=nas-front"
+                        "&workflowType=machine_learning")
 
     code, _, err = run_cli(tmp_path, "ui", "--dry-run", "--dir", "nowhere")
     assert code == 2 and "no MLflow store" in err
+    code, _, err = run_cli(e2e["cwd"], "ui", "e2f", "--dry-run", "--dir", "out")
+    assert code == 2 and "known: e2e" in err
 
 
 def test_resuming_a_search_with_a_different_space_is_refused(e2e):
@@ -853,3 +908,40 @@ def _kill_and_resume(tmp_path: Path, root: Path, command: list[str], env: dict[s
             assert run.info.status == "KILLED" and run.data.tags["status"] == "interrupted"
     for t in finished:
         assert by_run[t.user_attrs["mlflow_run_id"]].info.status in ("FINISHED", "FAILED")
+
+
+def test_export_writes_a_model_that_loads_in_a_fresh_interpreter_and_pickles_are_refused(e2e, tmp_path):
+    import torch
+
+    from nas.saved import find_saved, load_model
+
+    front = e2e["runs"][-1]["front"][0]["number"]
+    out = tmp_path / "exported"
+    code, text, err = run_cli(e2e["cwd"], "export", "e2e", str(front), str(out), "--dir", "out")
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} == {"weights.safetensors", "architecture.json", "task.json", "space.yaml",
+                                               "README.md"}
+    assert "nas.load_model" in (out / "README.md").read_text()
+    script = ("import sys, torch, nas; m = nas.load_model(sys.argv[1]); x = torch.zeros(2, 16, dtype=torch.long); "
+              "print(tuple(m(x).shape)); print('mlflow' in sys.modules)")
+    ran = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.split() == ["(2,", "16,", "16)", "False"]  # logits per position; MLflow not needed
+
+    code, _, err = run_cli(e2e["cwd"], "export", "e2e", str(front), str(out), "--dir", "out")
+    assert code == 2 and "not empty" in err
+    code, _, err = run_cli(e2e["cwd"], "export", "e2e", "99", str(tmp_path / "x"), "--dir", "out")
+    assert code == 2 and "no trial 99" in err
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save({"w": torch.zeros(1)}, pickled / "model.pt")
+    with pytest.raises(ValueError, match="refus"):
+        find_saved(pickled)
+    with pytest.raises(ValueError, match="refusing a pickle"):
+        load_model(pickled / "model.pt")
+    renamed = tmp_path / "renamed"
+    shutil.copytree(out, renamed)
+    torch.save({"w": torch.zeros(1)}, renamed / "weights.safetensors")  # a pickle behind a safetensors name
+    with pytest.raises(ValueError, match="safetensors weights only"):
+        load_model(renamed)

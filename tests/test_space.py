@@ -189,3 +189,16 @@ def test_attention_that_cannot_take_the_position_is_never_sampled(write_spec):
     assert chosen["rope"] == {"softmax", "cosine"}  # bias_attn_test takes no rotary positions
     assert len(names["rope"]) == len(names["bias_pos_test"]) == 1
     assert names["rope"] != names["bias_pos_test"]
+
+
+def test_architecture_params_are_the_study_names(spec):
+    from nas.space import architecture_params, param_name
+
+    arch, params = sample(spec(), 3)
+    named = architecture_params(arch)
+    assert all(named[param_name(k)] == v for k, v in params.items())  # every sampled parameter, same name
+    assert named["model.d_model"] == arch.d_model and named["position.type"] == arch.position["type"]
+    assert not any(k.startswith("layers.") for k in named) and None not in named.values()
+    per_layer = architecture_params(arch, per_layer=True)
+    assert per_layer["layers.1.attention.type"] == arch.layers[1].attention["type"]
+    assert param_name("attention.gqa.kv_heads|n_heads=4") == "attention.gqa.kv_heads"

@@ -20,6 +20,7 @@ failed ones (exception, NaN, out of memory) do.
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .. import registry
 from ..architecture import Architecture
 from ..report import Front, TrialRow, format_table, write_front
+from ..saved import TASK
 from ..spec import LoadedSpec, make_sampler, objective_directions
 from .executor import RayExecutor, TrialOutput
 from .fronts import FrontKeeper
@@ -194,7 +196,7 @@ class Controller:
                         waiting.setdefault(proposal.repeat_of, []).append(trial)
                         continue
                     trial.set_user_attr("architecture", arch.model_dump())  # the journal can rebuild its run
-                    run_id = tracker.start_trial(trial.number, arch.flat(), arch.summary())
+                    run_id = tracker.start_trial(trial.number, arch)
                     trial.set_user_attr("mlflow_run_id", run_id)
                     job = RunningTrial(trial, arch, time.perf_counter(), proposal.key, overlapped=bool(running))
                     for other in running.values():
@@ -240,6 +242,7 @@ class Controller:
             executor.shutdown()
         finally:
             stop.__exit__()
+            self.view.close()
         return self._finish(store, tracker, started, aborted, status, stopped_by)
 
     def _rung_board(self, store: StudyStore) -> RungBoard | None:
@@ -271,8 +274,7 @@ class Controller:
             self.weights.discard(number)
         if board is not None and result.rungs:
             board.add(number, result.rungs, result.metrics)
-        tracker.finish_trial(number, told.status, result.metrics, told.reason, result.curve, result.info,
-                             result.rungs)
+        tracker.finish_trial(number, told.status, job.trial.user_attrs)  # what the journal now holds
         self.view.trial(number, job.arch.summary(), told, result)
         if told.status == "ok":
             fronts.update()
@@ -314,8 +316,11 @@ class Controller:
 
     def _log_model(self, tracker: SearchTracker, row: TrialRow) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            if self.weights.model_folder(row.number, Path(tmp), self.source.read_text()):
-                tracker.log_model(row.number, Path(tmp))
+            folder = Path(tmp) / "model"  # a saved model (nas.saved): the weights store's files and the task
+            folder.mkdir()
+            if self.weights.model_folder(row.number, folder, self.source.read_text()):
+                (folder / TASK).write_text(json.dumps(self.spec.task.model_dump(mode="json"), indent=2))
+                tracker.log_model(row.number, folder)
 
 
 def _plugin_list() -> list[dict[str, str]]:

@@ -172,7 +172,10 @@ class RayExecutor:
 
         self.spec = spec
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+            # Ray logs at the level of the "ray" logger (WARNING unless set: `nas search` hides Ray's warnings
+            # unless --verbose)
+            level = logging.getLogger("ray").getEffectiveLevel()
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": level,
                                       "configure_logging": True, "log_to_driver": True}
             if address:
                 ray.init(address=address, **kwargs)

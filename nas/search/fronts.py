@@ -1,5 +1,5 @@
-"""The front while a search runs: Pareto ranks as MLflow tags, a fixed reference point, and the hypervolume
-after every finished trial."""
+"""The front while a search runs: Pareto ranks as MLflow tags, a fixed reference point, the hypervolume
+after every finished trial, and the front as the parent run's description."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ class FrontKeeper:
         if {r.number for r in front.pareto} != before:
             self.view.front(front.pareto)
         self._hypervolume(rows, directions)
+        self.tracker.describe(front, self.hv, self.store.study.user_attrs.get("reference_point"))
 
     def _hypervolume(self, rows: list[TrialRow], directions: list[str]) -> None:
         study = self.store.study

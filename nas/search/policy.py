@@ -179,9 +179,12 @@ class AskTell:
         if reason:
             trial.set_user_attr("reason", reason)
         if status == "ok" and values is not None:
+            violations = []
             for k, metric, limit in limits_of(self.spec):  # all <= 0: the trial was measured within them
                 if metric in metrics:
-                    trial.set_constraint(k, metrics[metric] - limit)
+                    violations.append(metrics[metric] - limit)
+                    trial.set_constraint(k, violations[-1])
+            trial.set_user_attr("constraints", violations)
             self.store.study.tell(trial, values)
             self._count("ok")
         elif status == "infeasible":

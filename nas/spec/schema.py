@@ -166,8 +166,9 @@ class DistillConfig(Strict):
     over the positions that carry a target, with both distributions softened by the temperature T."""
 
     teacher: str = Field(description="a saved model: a folder holding architecture.json and weights.safetensors "
-                         "(a Pareto-optimal trial's MLflow `model/` artifact), or a trial_N.safetensors file with "
-                         "its trial_N.json beside it (the search's weights folder); relative to the current directory")
+                         "(`nas export` writes one; or a Pareto-optimal trial's MLflow model, downloaded), or a "
+                         "trial_N.safetensors file with its trial_N.json beside it (the search's weights folder); "
+                         "relative to the current directory")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term (1 - alpha: the task loss)")
     temperature: float = Field(2.0, gt=0, description="softmax temperature of teacher and student")
 
@@ -181,6 +182,8 @@ class DistillConfig(Strict):
 def teacher_files(teacher: str | Path) -> tuple[Path, Path]:
     """``(architecture json, safetensors weights)`` of a saved model; ValueError naming what is missing."""
     path = Path(teacher)
+    if (path / "MLmodel").is_file():  # a trial's MLflow model, downloaded: the saved model is inside
+        path = path / "artifacts" / "model"
     arch, weights = ((path / "architecture.json", path / "weights.safetensors") if path.is_dir()
                      else (path.with_suffix(".json"), path))
     missing = [str(p) for p in (arch, weights) if not p.is_file()]
