@@ -613,7 +613,8 @@ def _plugin_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument("--strict", action="store_true", default=default,
                         help=f"any plugin that fails to import is an error, exit 2 (also: {registry.STRICT_ENV}=1)")
     parser.add_argument("--verbose", action="store_true", default=default,
-                        help="show the traceback of each plugin that failed to import")
+                        help="show the traceback of each plugin that failed to import, and the libraries' own "
+                             "output (MLflow's and Ray's log lines; the MLflow server's under `nas ui`)")
 
 
 class _Subparsers:
@@ -676,7 +677,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking store (default: $MLFLOW_TRACKING_URI, else "
                    "DIR/mlflow.db); the search goes on when it is unreachable and fills it in when it is back")
     p.add_argument("--quiet", action="store_true", help="no live progress, only the final front")
-    p.add_argument("--verbose", action="store_true", help="also show MLflow's and Ray's own log lines")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(fn=cmd_search)
 
@@ -693,7 +693,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="only this search's URL (default: every search, newest first)")
     p.add_argument("--dir", default=".nas", help="root the searches wrote to (default .nas)")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--verbose", action="store_true", help="show the MLflow server's own output")
     p.add_argument("--dry-run", action="store_true", help="print the URLs and the command instead of starting it")
     p.set_defaults(fn=cmd_ui, needs_plugins=False)
 
