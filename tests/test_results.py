@@ -31,19 +31,21 @@ def test_plain_output_is_one_line_per_trial_with_the_counts_and_no_repeats(capsy
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith("trial   0 ok") and "accuracy=0.5 latency_ms=0.25" in lines[0]
-    assert "[1/4 done, 2 running, 0 failed, 0 infeasible; hypervolume 0.1; about" in lines[0]
+    assert ("[1/4 done, 2 running, 0 failed, 0 infeasible, 0 stopped, 0 repeats, 0 steps; hypervolume 0.1; about"
+            in lines[0])
     assert lines[1].startswith("  front now: #0")
 
 
 def test_the_counts_shown_are_whatever_progress_holds():
     @dataclass
     class More(Progress):  # a later Progress with more counts shows them without changes here
-        stopped: int = 2
+        verified: int = 2
 
     view = LiveView(OBJECTIVES, n_trials=10, live=True, tty=False)
     view.progress(More(done=3, failed=1), [], 0.5)
     line = view.status_line()
-    assert line.startswith("3/10 done, 0 running, 1 failed, 0 infeasible, 2 stopped; hypervolume 0.5")
+    assert line.startswith("3/10 done, 0 running, 1 failed, 0 infeasible, 0 stopped, 0 repeats, 0 steps, "
+                           "2 verified; hypervolume 0.5")
     assert "consecutive" not in line
 
 
