@@ -75,7 +75,7 @@ space:
   position: [{type: sinusoidal}]
 training: {steps: 20, batch_size: 16, log_every: 5, device: cpu, schedule: {warmup_steps: 2}}
 measure: {batch_size: 1, warmup: 1, repeats: 3, train_batch_size: 4}
-search: {n_trials: 4, concurrency: 2, sampler: {type: random}, resources: {cpus: 1}, dir: out}
+search: {n_trials: 4, concurrency: 2, sampler: {type: random}, resources: {cpus: 1}, deduplicate: false, dir: out}
 """
 
 
@@ -175,7 +175,8 @@ def test_a_search_on_a_two_node_cluster_uses_both_nodes(cluster, tmp_path):
                tmp_path, cluster["env"], timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     outcome = json.loads(done.stdout[done.stdout.index("{"):])
-    assert outcome["counts"] == {"complete": 4, "failed": 0, "interrupted": 0, "infeasible": 0}
+    assert outcome["counts"] == {"complete": 4, "failed": 0, "interrupted": 0, "infeasible": 0, "stopped": 0,
+                                 "repeats": 0, "steps": 4 * 20}
     assert outcome["aborted"] is None and outcome["front"]
 
     nodes = cluster_nodes(cluster, tmp_path)

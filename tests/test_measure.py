@@ -25,8 +25,9 @@ def test_latency_figures_present_and_positive(model_and_task):
     x, _ = task.example_batch(2)
     threads = torch.get_num_threads()
     result = measure_latency(model, x, warmup=1, repeats=5, threads=1)
-    assert set(result) == {"latency_ms", "latency_p90_ms"}
+    assert set(result) == {"latency_ms", "latency_p90_ms", "latency_ci_low_ms", "latency_ci_high_ms"}
     assert 0 < result["latency_ms"] <= result["latency_p90_ms"]
+    assert result["latency_ci_low_ms"] <= result["latency_ms"] <= result["latency_ci_high_ms"]
     assert torch.get_num_threads() == threads  # restored after the timed runs
     assert not model.training
 

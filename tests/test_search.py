@@ -243,7 +243,9 @@ def test_the_parent_holds_the_spec_the_front_artifacts_and_the_hypervolume_histo
     history = sorted(client.get_metric_history(parent.info.run_id, "hypervolume"), key=lambda m: (m.step, m.timestamp))
     assert history, "no hypervolume logged"
     values = [m.value for m in history]
-    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:])), values  # a fixed reference: never shrinks
+    # With a fixed reference, a new trial never shrinks the hypervolume; the verification at the end of each run
+    # may (a front trial's latency measured again alone can be slower than its first value), so only what the
+    # front holds at the end is pinned here.
     assert values[-1] > 0
     assert history[-1].step == 6
     stored = json.loads((e2e["root"] / "fronts" / "e2e" / "front.json").read_text())
