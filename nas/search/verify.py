@@ -20,7 +20,7 @@ from ..architecture import Architecture
 from ..pareto import dominates, nondominated_ranks, to_minimize
 from ..report import TrialRow
 from ..spec import Spec
-from ..trial import LIMITS
+from ..trial import limits_of
 from .executor import RayExecutor
 from .store import StudyStore, study_rows
 from .tracking import SearchTracker
@@ -66,8 +66,7 @@ def verify_front(spec: Spec, store: StudyStore, executor: RayExecutor, tracker: 
     study = store.study
     todo = [n for n in verification_candidates(study_rows(study), objectives)
             if f"verified.{n}" not in study.user_attrs]
-    limits = [(metric, float(getattr(spec.constraints, key))) for key, metric in LIMITS.items()
-              if getattr(spec.constraints, key) is not None]
+    limits = [(metric, limit) for _, metric, limit in limits_of(spec)]
     trials = study.get_trials(deepcopy=False)
     done = 0
     for number in todo:
