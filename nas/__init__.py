@@ -8,15 +8,31 @@ using what a search found, imports its machinery only when called.
 
 from typing import TYPE_CHECKING
 
-from .blocks import (POSITION_MODES, AuxLoss, Batch, BlockConfig, Capabilities, Compression, Dims, Finetune,
-                     InactiveParameters, PositionScheme, PrunableHeads, PrunableNeurons, ResetStats, Stats, Task)
-from .registry import load_plugins, register
-from .space import suggest_among, suggest_value
+from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import torch
+
+    from .blocks import (POSITION_MODES, AuxLoss, Batch, BlockConfig, Capabilities, Compression, Dims, Finetune,
+                         InactiveParameters, PositionScheme, PrunableHeads, PrunableNeurons, ResetStats, Stats, Task)
+    from .registry import load_plugins, register
+    from .space import suggest_among, suggest_value
+
+#: Where each name of the API lives. They are imported on first use (PEP 562), so that ``import nas`` (and the
+#: ``nas`` command's ``--help``, ``--version``, ``show``) does not pay for torch: a plugin that uses
+#: ``nas.BlockConfig`` imports only the torch-free :mod:`nas.declared`; one that uses ``nas.Task`` imports torch.
+_LAZY = {
+    **dict.fromkeys(("POSITION_MODES", "BlockConfig", "Capabilities", "Dims"), ".declared"),
+    **dict.fromkeys(("AuxLoss", "Batch", "Compression", "Finetune", "InactiveParameters", "PositionScheme",
+                     "PrunableHeads", "PrunableNeurons", "ResetStats", "Stats", "Task"), ".blocks"),
+    **dict.fromkeys(("load_plugins", "register"), ".registry"),
+    **dict.fromkeys(("suggest_among", "suggest_value"), ".space"),
+}
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import registry
-from .blocks import BlockConfig, Dims
+from .declared import BlockConfig, Dims
 
 __all__ = ["Architecture", "LayerArch", "block_config", "block_label"]
 

@@ -52,12 +52,12 @@ Two contracts every residual-stream block (attention, position, norm, ffn) keeps
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from .declared import POSITION_MODES, BlockConfig, Capabilities, Dims, capabilities_of, search_space_of
 
 __all__ = [
     "BlockConfig",
@@ -84,76 +84,6 @@ __all__ = [
     "search_space_of",
     "conformance_configs",
 ]
-
-#: Where a position scheme acts: added to the token embeddings, rotating queries and keys, or as an
-#: additive bias on attention scores. ``none`` adds no position information at all.
-POSITION_MODES = ("none", "embedding", "rotary", "bias")
-PositionMode = Literal["none", "embedding", "rotary", "bias"]
-
-
-class BlockConfig(BaseModel):
-    """Base class of every block's config. Subclasses add ``type: Literal["name"] = "name"`` and their fields."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    type: str = ""  # the registered name; each subclass narrows it to its Literal (the registry checks)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """Class-level facts about a block that the controller checks before sampling or building anything.
-
-    Only the fields relevant to a block's kind matter; the rest keep their defaults.
-    """
-
-    causal: bool = True
-    """Can run causally (output at t depends only on inputs <= t). Needed by decoder tasks."""
-    bidirectional: bool = True
-    """Can run without a causal mask (encoder / classification tasks)."""
-    needs_gpu: bool = False
-    """Only runs on CUDA; filtered out on CPU-only machines."""
-    positions: frozenset[str] = field(default_factory=lambda: frozenset({"none", "embedding"}))
-    """attention only: the position modes (see ``POSITION_MODES``) this attention can take."""
-    position_mode: str = "none"
-    """position only: where this scheme acts (one of ``POSITION_MODES``)."""
-    time_exponent: tuple[int, str] | None = None
-    """attention only: the asymptotic time exponent in the sequence length and why, e.g. ``(2, "every query
-    scores every key")``; ``nas profile`` compares its fitted exponent with it."""
-
-    def supports(self, causal: bool) -> bool:
-        """Whether the block can run in this direction (causal, or bidirectional)."""
-        return self.causal if causal else self.bidirectional
-
-    def directions(self) -> list[bool]:
-        """The directions the block runs in: ``True`` for causal, ``False`` for bidirectional."""
-        return [c for c in (True, False) if self.supports(c)]
-
-    def describe(self, kind: str) -> dict[str, Any]:
-        """The capabilities that matter for ``kind``, as plain JSON-able values."""
-        out: dict[str, Any] = {"needs_gpu": self.needs_gpu}
-        if kind == "attention":
-            out.update(causal=self.causal, bidirectional=self.bidirectional,
-                       positions=sorted(self.positions))
-        elif kind == "position":
-            out["position_mode"] = self.position_mode
-        elif kind == "task":
-            out["causal"] = self.causal
-        return out
-
-
-@dataclass(frozen=True)
-class Dims:
-    """The model-level sizes every block is built for (sampled before the blocks)."""
-
-    d_model: int  # residual stream width C
-    n_heads: int  # attention heads H
-    seq_len: int  # longest sequence the model sees T
-    causal: bool  # decoder (causal) or encoder (bidirectional)
-    n_layers: int = 1
-
-    @property
-    def head_dim(self) -> int:  # D = C / H
-        return self.d_model // self.n_heads
-
 
 class PositionScheme(nn.Module):
     """Base class of position blocks. One instance is shared by the embedding and every attention layer.
@@ -322,16 +252,7 @@ class OwnSearchSpace(Protocol):
     def search_space(cls, trial: Any, entry: Any, dims: Dims, prefix: str) -> BlockConfig: ...
 
 
-# --- the one place the hooks and capabilities are read -------------------------------------------------
-def capabilities_of(kind: str, cls: type) -> Capabilities:
-    """What a registered class declares: its ``capabilities`` (a task's are derived from ``Task.causal``)."""
-    if kind == "task":
-        causal = bool(getattr(cls, "causal", True))
-        return Capabilities(causal=causal, bidirectional=not causal)
-    declared = getattr(cls, "capabilities", None)
-    return declared if isinstance(declared, Capabilities) else Capabilities()
-
-
+# --- the one place the hooks are read (capabilities: nas.declared.capabilities_of) ---------------------
 def aux_loss(model: nn.Module) -> torch.Tensor | None:
     """The sum of the auxiliary losses the model's blocks computed in the last forward, or None."""
     losses = [m.aux_loss() for m in model.modules() if isinstance(m, AuxLoss)]
@@ -357,12 +278,6 @@ def reset_stats(model: nn.Module) -> None:
 def inactive_parameters(model: nn.Module) -> int:
     """Parameters of the model a token does not use, summed over the blocks that say so."""
     return int(sum(m.inactive_parameters() for m in model.modules() if isinstance(m, InactiveParameters)))
-
-
-def search_space_of(cls: type) -> Callable[..., BlockConfig] | None:
-    """The block's own define-by-run space (:class:`OwnSearchSpace`), or None for the generic one."""
-    fn = getattr(cls, "search_space", None)
-    return fn if callable(fn) else None
 
 
 def conformance_configs(cls: type) -> list[dict[str, Any]]:

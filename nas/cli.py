@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import registry
-from .registry import KINDS
+from .names import KINDS, STRICT_ENV
 
 if TYPE_CHECKING:
     from .architecture import Architecture
@@ -49,6 +48,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _space_plugins(path: str | None, required: bool) -> None:
     """Import the modules a space lists under ``plugins:``. ``required``: one that fails is an error (exit 2);
     otherwise it is only recorded as broken (``nas plugins`` lists it)."""
+    from . import registry
+
     if path is None:
         return
     from .spec import space_plugins
@@ -62,6 +63,8 @@ def _space_plugins(path: str | None, required: bool) -> None:
 
 
 def _plugin_rows(kind: str | None) -> list[dict[str, Any]]:
+    from . import registry
+
     registry.load_plugins()
     rows = []
     for e in registry.entries(kind):
@@ -75,6 +78,8 @@ def _plugin_rows(kind: str | None) -> list[dict[str, Any]]:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from . import registry
+
     if args.kind is not None and args.kind not in KINDS:
         raise UsageError(f"unknown kind '{args.kind}'{registry.did_you_mean(args.kind, KINDS)} "
                          f"valid: {', '.join(KINDS)}")
@@ -118,6 +123,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def _warn_broken(verbose: bool) -> None:
     """One warning line per broken plugin on stderr (and its traceback with ``--verbose``)."""
+    from . import registry
+
     for b in registry.broken():
         print(f"warning: {b.describe()}; skipped (`nas plugins` lists it"
               f"{'' if verbose else ', --verbose shows the traceback'})", file=sys.stderr)
@@ -127,6 +134,7 @@ def _warn_broken(verbose: bool) -> None:
 
 # --- nas schema ------------------------------------------------------------------------------------
 def cmd_schema(args: argparse.Namespace) -> int:
+    from . import registry
     from .spec import spec_model
 
     registry.load_plugins(args.plugin or ())
@@ -273,7 +281,7 @@ def _outcome_json(outcome: Any) -> dict[str, Any]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from .report import format_table
-    from .search import SearchOutcome, SearchPaths, count_trials, load_study, study_front
+    from .search import SearchOutcome, SearchPaths, count_trials, load_study, study_front  # no Ray, MLflow, torch
 
     if args.name is None:
         return _list_searches(Path(args.dir), args.json)
@@ -497,6 +505,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _stored_task(spec_text: str) -> dict[str, Any]:
     """The task config of a stored search, defaults filled in, from the YAML the study keeps."""
+    from . import registry
     import yaml
 
     registry.load_plugins()
@@ -578,7 +587,7 @@ def version_report() -> str:
     from importlib import metadata
 
     from . import __version__
-    from .registry import ENTRY_POINT_GROUP
+    from .names import ENTRY_POINT_GROUP
 
     def installed(dist: str) -> str:
         try:
@@ -611,7 +620,7 @@ class _VersionAction(argparse.Action):
 def _plugin_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """``--strict`` and ``--verbose``, accepted before the command and after it."""
     parser.add_argument("--strict", action="store_true", default=default,
-                        help=f"any plugin that fails to import is an error, exit 2 (also: {registry.STRICT_ENV}=1)")
+                        help=f"any plugin that fails to import is an error, exit 2 (also: {STRICT_ENV}=1)")
     parser.add_argument("--verbose", action="store_true", default=default,
                         help="show the traceback of each plugin that failed to import, and the libraries' own "
                              "output (MLflow's and Ray's log lines; the MLflow server's under `nas ui`)")
@@ -740,16 +749,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and --version exit here, having imported nothing else
+    from . import registry
     from .registry import PluginError, RegistryError
     from .spec import SpecError
 
-    args = build_parser().parse_args(argv)
     # `plugins: [my_module]` (and `--plugin`) name modules importable from the directory `nas` runs in, as under
     # `python -m nas.cli`; the `nas` console script does not put that directory on sys.path by itself.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     if args.strict:  # in the environment, so that Ray workers started from here are strict too
-        os.environ[registry.STRICT_ENV] = "1"
+        os.environ[STRICT_ENV] = "1"
     try:
         if getattr(args, "needs_plugins", True):
             registry.load_plugins()  # a broken plugin is recorded and skipped (an error when strict)
@@ -776,6 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _tracebacks(verbose: bool) -> None:
     """With ``--verbose``, after an error: the traceback of every plugin that failed to import."""
+    from . import registry
+
     for b in registry.broken() if verbose else ():
         print(f"traceback of {b.label}:\n" + textwrap.indent(b.traceback.rstrip(), "  | "), file=sys.stderr)
 

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
-from .blocks import BlockConfig, Capabilities, capabilities_of
+from .declared import BlockConfig, Capabilities, capabilities_of
+from .names import CORE_DISTRIBUTION, ENTRY_POINT_GROUP, KINDS, STRICT_ENV
 
 __all__ = [
     "KINDS",
@@ -62,12 +63,6 @@ __all__ = [
     "REGISTRY",
 ]
 
-KINDS = ("attention", "position", "norm", "ffn", "compression", "task")
-ENTRY_POINT_GROUP = "nas.plugins"
-#: The distribution whose entry points are the built-in blocks: they load first and their names are reserved.
-CORE_DISTRIBUTION = "nas-transformers"
-#: Set (to anything but "" or "0") to turn any plugin that fails to import into an error, for CI.
-STRICT_ENV = "NAS_STRICT_PLUGINS"
 
 T = TypeVar("T", bound=type)
 

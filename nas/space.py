@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from . import registry
 from .architecture import Architecture, LayerArch
-from .blocks import BlockConfig, Dims, search_space_of
+from .declared import BlockConfig, Dims, search_space_of
 from .spec import BlockSpace, FloatRange, IntRange, Spec, usable_blocks, values
 
 __all__ = ["sample_architecture", "suggest_value", "suggest_among", "suggest_config", "suggest_block", "Suggest",

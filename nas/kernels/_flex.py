@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from ._triton import outside_compile
+
 _BLOCK_MASKS: "OrderedDict[tuple, Any]" = OrderedDict()
 _BLOCK_MASKS_MAX = 64
 _LOCK = threading.Lock()
@@ -105,9 +107,13 @@ def alibi_score_mod(slopes: torch.Tensor) -> Callable:
     return score_mod
 
 
-@torch.compiler.disable  # a cache lookup (and, once per length, building the mask): not part of a graph
 def block_mask(pattern: Pattern, T: int, device: torch.device, compiled: bool) -> Any:
-    """The cached FlexAttention block mask of ``pattern`` at length ``T`` on ``device``."""
+    """The cached FlexAttention block mask of ``pattern`` at length ``T`` on ``device``: a cache lookup (and, once
+    per length, building the mask), never part of a graph."""
+    return outside_compile(_block_mask, pattern, T, device, compiled)
+
+
+def _block_mask(pattern: Pattern, T: int, device: torch.device, compiled: bool) -> Any:
     from torch.nn.attention.flex_attention import create_block_mask
 
     key = (pattern.key, T, str(device))
@@ -163,11 +169,10 @@ _flex_found: bool | None = None
 def flex_available() -> bool:
     """FlexAttention exists in this PyTorch (2.5 and later); probed once."""
     if _flex_found is None:
-        _probe_flex()
+        outside_compile(_probe_flex)
     return bool(_flex_found)
 
 
-@torch.compiler.disable
 def _probe_flex() -> None:
     global _flex_found
     try:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 INSTALL_HINT = ("Triton is not installed; `pip install 'nas-transformers[triton]'` (or `pip install triton`) to use "
                 "the fused kernels")
@@ -16,11 +20,20 @@ _importable: bool | None = None  # a plain global, so that torch.compile reads i
 def triton_importable() -> bool:
     """True when ``import triton`` works; probed once (:func:`reset_probe` forgets the answer)."""
     if _importable is None:
-        _probe()
+        outside_compile(_probe)
     return bool(_importable)
 
 
-@torch.compiler.disable
+def outside_compile(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` where no ``torch.compile`` trace sees it (a one-time probe, a cache lookup). Under a trace it
+    runs through ``torch.compiler.disable``, applied only then: used as a decorator at import time, that would
+    import ``torch._dynamo`` (about a second here, sympy included) in every process that imports nas, Ray
+    workers and ``nas validate`` included. Outside a trace it is a plain call."""
+    if torch.compiler.is_compiling():
+        return torch.compiler.disable(fn)(*args)
+    return fn(*args)
+
+
 def _probe() -> None:
     global _importable
     try:

@@ -10,10 +10,26 @@
 * :mod:`nas.search.controller`  composes the parts: :func:`run_search`
 """
 
-from ..spec import make_sampler  # the sampler a spec names, built where the spec is checked
-from .controller import Controller, SearchOutcome, format_outcome, run_search
-from .store import (SearchAborted, SearchPaths, SearchRefused, StudyStore, count_trials, load_study,
-                    natural_reference, study_front, study_rows)
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ..spec import make_sampler
+    from .controller import Controller, run_search
+    from .outcome import SearchOutcome, format_outcome
+    from .store import (SearchAborted, SearchPaths, SearchRefused, StudyStore, count_trials, load_study,
+                        natural_reference, study_front, study_rows)
+
+# Imported on first use: `nas show` reads a study through .store without importing Ray, MLflow or torch.
+_LAZY = {
+    "make_sampler": "..spec",  # the sampler a spec names, built where the spec is checked
+    **dict.fromkeys(("Controller", "run_search"), ".controller"),
+    **dict.fromkeys(("SearchOutcome", "format_outcome"), ".outcome"),
+    **dict.fromkeys(("SearchAborted", "SearchPaths", "SearchRefused", "StudyStore", "count_trials", "load_study",
+                     "natural_reference", "study_front", "study_rows"), ".store"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = ["Controller", "SearchAborted", "SearchRefused", "SearchOutcome", "SearchPaths", "StudyStore", "count_trials",
            "format_outcome", "load_study", "make_sampler", "natural_reference", "run_search", "study_front",

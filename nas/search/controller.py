@@ -31,15 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from .. import registry
 from ..architecture import Architecture
-from ..report import Front, TrialRow, format_table, write_front
+from ..report import TrialRow, write_front
 from ..saved import TASK
 from ..spec import LoadedSpec, make_sampler, objective_directions
 from .executor import RayExecutor, TrialOutput
 from .fronts import FrontKeeper
 from .live import LiveView
+from .outcome import SearchOutcome
 from .policy import AskTell
 from .reconcile import reconcile
-from .store import Counts, SearchAborted, SearchLock, SearchPaths, StudyStore, WeightStore, study_front
+from .store import SearchAborted, SearchLock, SearchPaths, StudyStore, WeightStore, study_front
 from .stopping import RungBoard, rung_steps
 from .tracking import SearchTracker
 from .verify import verify_front
@@ -47,7 +48,7 @@ from .verify import verify_front
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["Controller", "RunningTrial", "SearchOutcome", "run_search", "format_outcome"]
+__all__ = ["Controller", "RunningTrial", "run_search"]
 
 
 @dataclass
@@ -96,30 +97,6 @@ class StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
-
-
-@dataclass(frozen=True)
-class SearchOutcome:
-    name: str
-    front: Front
-    hypervolume: float | None
-    reference: list[float] | None
-    counts: Counts
-    seconds: float
-    parent_run_id: str
-    paths: SearchPaths
-    aborted: str | None = None
-    signal: str | None = None  # "SIGINT" or "SIGTERM" when the search was stopped by one
-    notes: tuple[str, ...] = ()  # what the user should know (a repaired journal, MLflow offline...)
-
-    @property
-    def exit_code(self) -> int:
-        """0 done; 1 failed (aborted, or every finished trial failed); 130 / 143 stopped by SIGINT / SIGTERM."""
-        if self.signal is not None:
-            return 128 + {"SIGINT": 2, "SIGTERM": 15}[self.signal]
-        if self.aborted or (self.counts.failed and not self.counts.complete):
-            return 1
-        return 0
 
 
 class Controller:
@@ -331,24 +308,3 @@ def run_search(loaded: LoadedSpec, root: Path | None = None, address: str | None
                live: bool = True, tracking_uri: str | None = None) -> SearchOutcome:
     """Run (or resume) the search described by a loaded spec. See :class:`Controller`."""
     return Controller(loaded, root, address, live, tracking_uri).run()
-
-
-def format_outcome(outcome: SearchOutcome) -> str:
-    c = outcome.counts
-    lines = [
-        f"search '{outcome.name}': {c.complete} complete, {c.stopped} stopped early, {c.failed} failed, "
-        f"{c.infeasible} infeasible (never trained), {c.repeats} repeats (not trained again), {c.interrupted} "
-        f"interrupted (re-run); {c.steps} training steps in {outcome.seconds:.0f} s",
-        f"hypervolume {outcome.hypervolume:.6g} (reference point {outcome.reference})"
-        if outcome.hypervolume is not None else "hypervolume: not enough trials yet",
-        "",
-        "Pareto front:",
-        format_table(outcome.front),
-        "",
-        f"artifacts: {outcome.paths.front}; browse with `nas ui` (MLflow run {outcome.parent_run_id})",
-    ]
-    if outcome.aborted:
-        lines.insert(0, f"ABORTED: {outcome.aborted}")
-    if outcome.notes:
-        lines += ["", *outcome.notes]
-    return "\n".join(lines)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from .. import registry
-from ..blocks import BlockConfig
+from ..declared import BlockConfig
 
 __all__ = [
     "Spec",
