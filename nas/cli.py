@@ -175,11 +175,14 @@ def sample_one(spec: Spec, seed: int) -> Architecture:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
+    import torch
+
     from .architecture import Architecture
-    from .trial import run_trial
+    from .trial import run_trial, training_threads
 
     loaded = _load(args.space, quiet=args.json)
     spec = loaded.spec
+    torch.set_num_threads(args.threads if args.threads is not None else training_threads(spec))
     if args.arch:
         from .spec import yamlio
 
@@ -675,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampling seed (default: training.seed)")
     p.add_argument("--arch", metavar="FILE", help="a fixed architecture (JSON or YAML) instead of sampling")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--threads", type=_positive_int, help="torch threads for training (default: as a search "
+                   "trial, search.resources.cpus, which defaults to 1; latency is measured with measure.threads)")
     p.set_defaults(fn=cmd_trial)
 
     p = sub.add_parser("search", help="run (or resume) a multi-objective search on Ray, logged to MLflow")

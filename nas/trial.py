@@ -28,7 +28,7 @@ from .spec import Spec
 from .train import NonFiniteLoss, train
 
 __all__ = ["TrialResult", "TrialRun", "Status", "run_trial", "execute_trial", "measure_hardware", "verify_latency",
-           "broken_limit", "limits_of", "LIMITS", "HARDWARE", "AtRung"]
+           "broken_limit", "limits_of", "training_threads", "LIMITS", "HARDWARE", "AtRung"]
 
 MB = 2**20
 
@@ -53,6 +53,14 @@ HARDWARE = ("params", "params_active", "flops_per_token", "train_memory_mb", "la
 
 #: Called at each rung with (steps done, metrics at that point): True to go on training.
 AtRung = Callable[[int, dict[str, float]], bool]
+
+
+def training_threads(spec: Spec) -> int:
+    """The torch threads a trial trains with, in a search and under ``nas trial`` alike: the CPUs Ray reserves
+    for it (``search.resources.cpus``, default 1), at least one. Latency is measured with ``measure.threads``.
+    Left to torch's default (one thread per core), trials that share a loaded machine oversubscribe it: the
+    quickstart trial took 41-83 s that way on 2 busy cores, 12.8 s with one thread."""
+    return int(max(1, spec.search.resources.cpus))
 
 
 def limits_of(spec: Spec) -> list[tuple[str, str, float]]:
@@ -125,7 +133,8 @@ def execute_trial(spec: Spec, arch: Architecture, on_log: Callable[[int, float],
     """
     registry.load_plugins(spec.plugins)
     device = pick_device(spec.training.device)
-    info: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__, "method": METHOD, "steps": 0}
+    info: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__, "method": METHOD, "steps": 0,
+                            "train_threads": torch.get_num_threads() if device.type == "cpu" else None}
     metrics: dict[str, float] = {}
     curve: list[tuple[int, float]] = []
     rung_log: list[dict[str, Any]] = []

@@ -138,6 +138,24 @@ def test_cli_trial_json(write_spec, tiny_spec_text, capsys):
     assert out["architecture"]["d_model"] == 32
 
 
+def test_cli_trial_fixes_threads_as_a_search_trial_does(write_spec, tiny_spec_text, capsys):
+    """Default: search.resources.cpus threads (1 unless set), not torch's one per core; --threads overrides."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        path = write_spec(tiny_spec_text.replace("measure:", "search: {resources: {cpus: 2}}\n    measure:"))
+        for argv, threads in (([], 2), (["--threads", "1"], 1)):
+            torch.set_num_threads(3)
+            assert main(["trial", str(path), "--json", *argv]) == 0
+            assert json.loads(capsys.readouterr().out)["info"]["train_threads"] == threads
+        with pytest.raises(SystemExit) as exc:  # argparse: not a positive integer
+            main(["trial", str(path), "--threads", "0"])
+        assert exc.value.code == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cli_trial_text_output(write_spec, tiny_spec_text, capsys):
     assert main(["trial", str(write_spec(tiny_spec_text))]) == 0
     out = capsys.readouterr().out

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..architecture import Architecture
 from ..spec import Spec, spec_from_data
-from ..trial import TrialResult, execute_trial, verify_latency
+from ..trial import TrialResult, execute_trial, training_threads, verify_latency
 from .stopping import RungPlan
 
 __all__ = ["TrialOutput", "RayExecutor", "trial_task", "limited_child"]
@@ -193,7 +193,7 @@ class RayExecutor:
         """Start one trial (or, with ``verify_repeats``, one re-measurement); returns the Ray object ref."""
         r = self.spec.search.resources
         job = TrialJob(self._spec_data, list(self.spec.plugins), arch.model_dump(), os.getcwd(),
-                       int(max(1, r.cpus)), r.memory_mb, plan, verify_repeats)
+                       training_threads(self.spec), r.memory_mb, plan, verify_repeats)
         return self._task.remote(job)
 
     def wait(self, refs: list[Any], timeout: float) -> list[Any]:
