@@ -7,6 +7,7 @@ modules, and :func:`build_task` the one place that builds a spec's task.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Protocol
 
 import torch
@@ -92,10 +93,24 @@ class HasTask(Protocol):
     def task(self) -> BlockConfig: ...
 
 
+#: Tasks already built in this process, by (class, config): a warm Ray worker builds a task's data once, not
+#: once per trial. A few are kept (a benchmark alternates spaces); the oldest is dropped first.
+_TASKS: "OrderedDict[tuple[type, str], Task]" = OrderedDict()
+_TASKS_KEPT = 4
+
+
 def build_task(spec: HasTask) -> Task:
-    """The task object of a spec's ``task`` section (its ``type`` selects the registered class)."""
-    built: Task = registry.build("task", spec.task)
-    return built
+    """The task object of a spec's ``task`` section (its ``type`` selects the registered class). Built once per
+    process and configuration, then shared by every trial there, with its data (a task holds no per-trial
+    state: see :class:`~nas.blocks.Task`)."""
+    key = (registry.get("task", spec.task.type).cls, spec.task.model_dump_json())
+    found = _TASKS.get(key)
+    if found is None:
+        found = _TASKS[key] = registry.build("task", spec.task)
+        while len(_TASKS) > _TASKS_KEPT:
+            _TASKS.popitem(last=False)
+    _TASKS.move_to_end(key)
+    return found
 
 
 def build_model(arch: Architecture, task: Task) -> Transformer:

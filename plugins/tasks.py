@@ -160,8 +160,8 @@ class MQAR(Task):
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         x, y = self._test
-        for i in range(0, len(x), batch_size):
-            yield x[i: i + batch_size], y[i: i + batch_size]
+        for i in range(0, len(x), batch_size):  # copies: the set is shared by every trial of the process
+            yield x[i: i + batch_size].clone(), y[i: i + batch_size].clone()
 
 
 # --- byte-level language modelling ------------------------------------------------------------------
@@ -308,5 +308,5 @@ class Digits(Task):
 
     def eval_batches(self, batch_size: int) -> Iterator[Batch]:
         x, y = self._data[1]
-        for i in range(0, len(x), batch_size):
-            yield x[i: i + batch_size], y[i: i + batch_size]
+        for i in range(0, len(x), batch_size):  # copies: the set is shared by every trial of the process
+            yield x[i: i + batch_size].clone(), y[i: i + batch_size].clone()

@@ -254,3 +254,34 @@ def test_digits_batch_larger_than_the_training_set_is_an_error_not_a_hang(make_t
     with pytest.raises(ValueError, match="exceeds the 180 training images"):
         next(task.train_batches(256, seed=0))
     assert len(next(task.train_batches(180, seed=0))[0]) == 180
+
+
+# --- a task is built once per process and shared by its trials ------------------------------------------
+def test_build_task_builds_each_config_once_per_process(write_spec, tiny_spec_text):
+    from nas.model import build_task
+
+    spec = load_spec(str(write_spec(tiny_spec_text))).spec
+    other = load_spec(str(write_spec(tiny_spec_text.replace("num_kv_pairs: 2", "num_kv_pairs: 3"), "b.yaml"))).spec
+    assert build_task(spec) is build_task(spec)
+    assert build_task(other) is not build_task(spec) and build_task(other).config.num_kv_pairs == 3
+
+
+@pytest.mark.parametrize("name", ["mqar", "digits"])
+def test_a_shared_task_hands_every_trial_the_same_data(name):
+    """What sharing a task across trials relies on: the same seed gives the same stream on every call, and the
+    held-out batches never change, however much an earlier trial consumed or modified what it was handed."""
+    from nas import registry
+
+    entry = registry.get("task", name)
+    task = entry.cls(entry.cls.tiny_config(16)) if name == "mqar" else entry.cls(entry.config())
+    first = [tuple(t.clone() for t in b) for b in itertools.islice(task.train_batches(4, seed=7), 3)]
+    held_out = [tuple(t.clone() for t in b) for b in task.eval_batches(8)]
+    for x, y in itertools.islice(task.train_batches(4, seed=7), 5):  # a trial that consumes and scribbles
+        x.zero_()
+        y.zero_()
+    for x, y in task.eval_batches(8):
+        x.zero_()
+        y.zero_()
+    again = list(itertools.islice(task.train_batches(4, seed=7), 3))
+    assert all(torch.equal(a, b) for p, q in zip(first, again) for a, b in zip(p, q))
+    assert all(torch.equal(a, b) for p, q in zip(held_out, task.eval_batches(8)) for a, b in zip(p, q))
