@@ -114,8 +114,9 @@ class Task:
 
     A task is built once per process and config (:func:`nas.model.build_task`) and shared by every trial that
     process runs: build its data lazily and once (``functools.cached_property``), hand out fresh iterators and
-    tensors, and keep no per-trial state. Data is generated or read locally; nothing is downloaded. ``causal`` tasks predict a target per position (decoder); the others predict one class per
-    sequence (encoder with mean pooling).
+    tensors, and keep no per-trial state. Data is generated or read locally; nothing is downloaded.
+    ``causal`` tasks predict a target per position (decoder); the others predict one class per sequence
+    (encoder with mean pooling).
     """
 
     Config: ClassVar[type[BlockConfig]]

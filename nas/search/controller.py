@@ -113,6 +113,7 @@ class Controller:
         self.view = LiveView(self.objectives, self.spec.search.n_trials, live)
         self.weights = WeightStore(self.paths)
         self.notes: list[str] = []
+        self.exhausted = False  # the sampler only repeats itself (search.max_consecutive_repeats)
 
     def _note(self, line: str) -> None:
         self.notes.append(line)
@@ -134,6 +135,9 @@ class Controller:
                            self.source.read_text())
         if store.repaired:
             self._note(f"warning: {store.repaired}")
+        # Ray first: its processes start, and its workers warm up (imports, the task's data), while this
+        # process sets up MLflow (importing it, creating its tables), which needs the CPU instead of waiting.
+        executor = RayExecutor(self.spec, self.address)
         tracker = SearchTracker(self.paths.root, self.spec.name, self.tracking_uri, say=self._note)
         tracker.start_search(self.spec.name, self.spec, self.source, _plugin_list(),
                              store.study.user_attrs.get("mlflow_parent_run_id"))
@@ -149,38 +153,19 @@ class Controller:
         fronts = FrontKeeper(self.spec, self.objectives, store, tracker, self.view)
         fronts.update(log_all=True)
 
-        executor = RayExecutor(self.spec, self.address)
         board = self._rung_board(store)
         running: dict[Any, RunningTrial] = {}
         waiting: dict[int, list["optuna.trial.Trial"]] = {}  # running trial -> repeats waiting for its outcome
-        aborted, status, stopped_by, exhausted = None, "FINISHED", None, False
-        n_trials, concurrency = self.spec.search.n_trials, self.spec.search.concurrency
+        aborted, status, stopped_by = None, "FINISHED", None
         stop = StopSignals()
         try:
             stop.__enter__()
             while True:
                 stop.check()
-                while not exhausted and len(running) < concurrency and policy.progress.done + len(running) < n_trials:
-                    stop.check()
-                    proposal = policy.ask()
-                    if policy.exhausted:
-                        exhausted = True
-                        self._note(f"search ended early: {policy.exhausted}")
-                    if proposal is None:  # settled at once (infeasible, a repeat, a failed sample): try another
-                        continue
-                    trial, arch = proposal.trial, proposal.arch
-                    if proposal.repeat_of is not None:  # the same architecture is training now: wait for it
-                        waiting.setdefault(proposal.repeat_of, []).append(trial)
-                        continue
-                    trial.set_user_attr("architecture", arch.model_dump())  # the journal can rebuild its run
-                    run_id = tracker.start_trial(trial.number, arch)
-                    trial.set_user_attr("mlflow_run_id", run_id)
-                    job = RunningTrial(trial, arch, time.perf_counter(), proposal.key, overlapped=bool(running))
-                    for other in running.values():
-                        other.overlapped = True
-                    running[executor.submit(arch, board.plan(trial.number) if board else None)] = job
+                self._track_started(tracker, self._fill(policy, executor, board, running, waiting, stop))
                 if not running:
                     break
+                finished: list[tuple[RunningTrial, TrialOutput, Any]] = []
                 for ref in executor.wait(list(running), timeout=0.5):
                     job = running.pop(ref)
                     output = executor.output(ref, job.arch)
@@ -191,10 +176,20 @@ class Controller:
                         job.overlapped = job.overlapped or bool(running)
                         running[executor.submit(job.arch, board.plan(job.trial.number) if board else None)] = job
                         continue
-                    self._collect(policy, tracker, fronts, job, output, board)
+                    finished.append((job, output, self._record(policy, job, output, board)))
                     for repeat in waiting.pop(job.trial.number, []):
                         told = policy.tell_repeat(repeat, job.trial.number, counted=True)
                         self.view.repeat(repeat.number, job.trial.number, job.arch.summary(), told)
+                try:
+                    policy.check_failures()  # too many failures in a row: abort, these trials logged first
+                    if finished:  # the freed slot starts its next trial before anything is written to MLflow
+                        self._track_started(tracker, self._fill(policy, executor, board, running, waiting, stop))
+                finally:
+                    for job, output, told in finished:
+                        tracker.finish_trial(job.trial.number, told.status, job.trial.user_attrs)  # as journaled
+                        self.view.trial(job.trial.number, job.arch.summary(), told, output.result)
+                if any(told.status == "ok" for _, _, told in finished):
+                    fronts.update()  # once for all the trials that finished together
                 if tracker.reconnect():
                     tracker.sync(store.study, running=[j.trial.number for j in running.values()])
                     fronts.update(log_all=True)
@@ -240,8 +235,41 @@ class Controller:
                 board.add(trial.number, trial.user_attrs["rungs"], trial.user_attrs.get("metrics", {}))
         return board
 
-    def _collect(self, policy: AskTell, tracker: SearchTracker, fronts: FrontKeeper, job: RunningTrial,
-                 output: TrialOutput, board: RungBoard | None) -> None:
+    def _fill(self, policy: AskTell, executor: RayExecutor, board: RungBoard | None, running: dict[Any, RunningTrial],
+              waiting: dict[int, list["optuna.trial.Trial"]], stop: StopSignals) -> list[RunningTrial]:
+        """Submit trials until every slot is busy (or none are left); returns those submitted. Their MLflow runs
+        are created afterwards (:meth:`_track_started`): nothing but the journal is written before a slot works."""
+        n_trials, concurrency = self.spec.search.n_trials, self.spec.search.concurrency
+        started: list[RunningTrial] = []
+        while not self.exhausted and len(running) < concurrency and policy.progress.done + len(running) < n_trials:
+            stop.check()
+            proposal = policy.ask()
+            if policy.exhausted:
+                self.exhausted = True
+                self._note(f"search ended early: {policy.exhausted}")
+            if proposal is None:  # settled at once (infeasible, a repeat, a failed sample): try another
+                continue
+            trial, arch = proposal.trial, proposal.arch
+            if proposal.repeat_of is not None:  # the same architecture is training now: wait for it
+                waiting.setdefault(proposal.repeat_of, []).append(trial)
+                continue
+            trial.set_user_attr("architecture", arch.model_dump())  # the journal can rebuild its run
+            job = RunningTrial(trial, arch, time.perf_counter(), proposal.key, overlapped=bool(running))
+            for other in running.values():
+                other.overlapped = True
+            running[executor.submit(arch, board.plan(trial.number) if board else None)] = job
+            started.append(job)
+        return started
+
+    @staticmethod
+    def _track_started(tracker: SearchTracker, started: list[RunningTrial]) -> None:
+        """The MLflow runs of trials just submitted (a run missing after a crash is rebuilt from the journal)."""
+        for job in started:  # still running: none has been waited for since it was submitted
+            job.trial.set_user_attr("mlflow_run_id", tracker.start_trial(job.trial.number, job.arch))
+
+    def _record(self, policy: AskTell, job: RunningTrial, output: TrialOutput, board: RungBoard | None) -> Any:
+        """What a finished trial counts as, in the journal (weights first, then the outcome); returns what
+        ``policy.tell`` said. MLflow and the terminal follow once the freed slot is busy again."""
         result, number = output.result, job.trial.number
         result = dataclasses.replace(result, info={**result.info, "measured_alone": not job.overlapped})
         if result.status == "ok" and output.weights is not None:  # before the journal says COMPLETE
@@ -251,11 +279,7 @@ class Controller:
             self.weights.discard(number)
         if board is not None and result.rungs:
             board.add(number, result.rungs, result.metrics)
-        tracker.finish_trial(number, told.status, job.trial.user_attrs)  # what the journal now holds
-        self.view.trial(number, job.arch.summary(), told, result)
-        if told.status == "ok":
-            fronts.update()
-        policy.check_failures()
+        return told
 
     def _interrupt(self, policy: AskTell, tracker: SearchTracker, executor: RayExecutor,
                    running: dict[Any, RunningTrial], reason: str) -> None:

@@ -24,7 +24,7 @@ from ..spec import Spec, spec_from_data
 from ..trial import TrialResult, execute_trial, training_threads, verify_latency
 from .stopping import RungPlan
 
-__all__ = ["TrialOutput", "RayExecutor", "trial_task", "limited_child"]
+__all__ = ["TrialOutput", "RayExecutor", "trial_task", "warm_worker", "limited_child"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,24 @@ def trial_task(job: TrialJob) -> TrialOutput:
     if job.memory_mb is not None:
         return _run_limited(job, job.memory_mb)
     return _run_here(job)
+
+
+def warm_worker(spec: dict[str, Any], plugins: list[str], cwd: str, threads: int) -> float:
+    """Runs in a Ray worker before its first trial: what every trial of that worker would otherwise pay once on
+    its first call (importing torch, nas and the plugins, ``torch._dynamo``, which torch's optimizers and
+    meta kernels import on first use, and building the task's data), paid while the driver sets up MLflow.
+    Returns the seconds it took."""
+    started = time.perf_counter()
+    if os.path.isdir(cwd) and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    import torch
+    import torch._dynamo  # noqa: F401  (see the docstring)
+
+    from ..model import build_task
+
+    torch.set_num_threads(max(1, threads))
+    build_task(spec_from_data(spec, plugins))
+    return time.perf_counter() - started
 
 
 def _run_here(job: TrialJob, memory_mb: int | None = None) -> TrialOutput:
@@ -188,6 +206,13 @@ class RayExecutor:
         self._task = remote.options(num_cpus=0 if spec.training.workers > 1 else r.cpus, num_gpus=r.gpus,
                                     max_retries=0)
         self._spec_data = spec.model_dump(mode="json")
+        # Workers are reused across trials: warm one per slot now, while the driver sets up MLflow. The trials
+        # submitted next wait for the CPUs these hold and then land on the warm workers.
+        self.warming: list[Any] = []
+        if not fresh_process and r.memory_mb is None and spec.training.workers == 1:
+            warm = ray.remote(warm_worker).options(num_cpus=r.cpus, max_retries=0)
+            self.warming = [warm.remote(self._spec_data, list(spec.plugins), os.getcwd(), training_threads(spec))
+                            for _ in range(spec.search.concurrency)]
 
     def submit(self, arch: Architecture, plan: RungPlan | None = None, verify_repeats: int | None = None) -> Any:
         """Start one trial (or, with ``verify_repeats``, one re-measurement); returns the Ray object ref."""
