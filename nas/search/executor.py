@@ -216,10 +216,25 @@ class RayExecutor:
 
     def submit(self, arch: Architecture, plan: RungPlan | None = None, verify_repeats: int | None = None) -> Any:
         """Start one trial (or, with ``verify_repeats``, one re-measurement); returns the Ray object ref."""
+        self._settle_warm_ups()
         r = self.spec.search.resources
         job = TrialJob(self._spec_data, list(self.spec.plugins), arch.model_dump(), os.getcwd(),
                        training_threads(self.spec), r.memory_mb, plan, verify_repeats)
         return self._task.remote(job)
+
+    def _settle_warm_ups(self) -> None:
+        """Collect the warm-ups that have finished. One that failed (a plugin broken on that node) says nothing
+        here: the trials that land there fail with the reason; collected, Ray does not report it as unhandled."""
+        if not self.warming:
+            return
+        import ray
+
+        done, self.warming = ray.wait(self.warming, num_returns=len(self.warming), timeout=0)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError:
+                pass
 
     def wait(self, refs: list[Any], timeout: float) -> list[Any]:
         """The refs among ``refs`` that finished (at most one), waiting up to ``timeout`` seconds."""
