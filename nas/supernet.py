@@ -49,8 +49,8 @@ from .space import sample_architecture
 from .spec import FloatRange, IntRange, Spec, usable_blocks, values
 from .train import NonFiniteLoss, lr_factor
 
-__all__ = ["Supernet", "SupernetTraining", "PathSuggest", "sample_path", "sandwich_paths", "train_supernet",
-           "inherited_metrics", "inherited_scores", "calibrate", "cut", "WEIGHTS", "STATE"]
+__all__ = ["Supernet", "PathSlice", "SupernetTraining", "PathSuggest", "sample_path", "sandwich_paths",
+           "train_supernet", "inherited_metrics", "inherited_scores", "calibrate", "cut", "WEIGHTS", "STATE"]
 
 WEIGHTS = "supernet.safetensors"  # the supernet's tensors, in a search folder
 STATE = "supernet.json"  # what trained them (steps, passes, seed), beside them
@@ -190,6 +190,19 @@ def _places(arch: Architecture) -> list[_Place]:
     return places
 
 
+@dataclass(frozen=True)
+class PathSlice:
+    """One parameter of a path's model: its name there, the supernet tensor it is cut from and how (None: the
+    tensor itself, a block without ``Sharing``)."""
+
+    name: str
+    slot: str
+    layout: tuple[str, ...] | None
+    shape: tuple[int, ...]
+    n_heads: int
+    head_dim: int
+
+
 class Supernet(nn.Module):
     """The shared weights of every path of a spec's space, and the two things done with them: run a path
     (:meth:`forward`) and build a path's standalone model (:meth:`extract`).
@@ -253,11 +266,12 @@ class Supernet(nn.Module):
                                                       sort_keys=True).encode()).hexdigest()[:12]
         return f"{place.path}|{family}|{local}".replace(".", ":")
 
-    def weights(self, arch: Architecture, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Each parameter of ``model`` (the built ``arch``) by name, as its slice of the supernet's tensors."""
+    def plan(self, arch: Architecture, model: nn.Module) -> list[PathSlice]:
+        """Where each parameter of ``model`` (the built ``arch``) comes from in the supernet, creating the widest
+        copies it is the first to need."""
         dims = arch.dims(self.task.seq_len, self.task.causal)
         places = sorted(_places(arch), key=lambda p: -len(p.path))
-        out: dict[str, torch.Tensor] = {}
+        out = []
         for name, own in model.named_parameters():
             place = next(p for p in places if name.startswith(p.path + "."))
             local = name[len(place.path) + 1:]
@@ -265,19 +279,29 @@ class Supernet(nn.Module):
             key = self.slot(place, sharing, local, dims)
             if key not in self.store:
                 self._create(key, place, sharing, local, own)
-            full = self.store[key]
-            if sharing is None:
-                if full.shape != own.shape:
-                    raise ValueError(f"{name}: the supernet holds {tuple(full.shape)}, the block {tuple(own.shape)}")
-                out[name] = full
-                continue
-            layout = sharing.layout(local, own.dim())
-            try:
-                out[name] = cut(full, tuple(own.shape), layout, dims.n_heads, dims.head_dim, self.max_heads,
-                                self.max_head_dim)
-            except ValueError as exc:
-                raise ValueError(f"{name} of {arch.summary()}: {exc}") from None
+            layout = sharing.layout(local, own.dim()) if sharing is not None else None
+            out.append(PathSlice(name, key, layout, tuple(own.shape), dims.n_heads, dims.head_dim))
         return out
+
+    def cut(self, piece: PathSlice, full: torch.Tensor | None = None) -> torch.Tensor:
+        """The slice ``piece`` of the supernet tensor (or of ``full``, a tensor of that tensor's shape)."""
+        full = self.store[piece.slot] if full is None else full
+        if piece.layout is None:
+            if tuple(full.shape) != piece.shape:
+                raise ValueError(f"{piece.name}: the supernet holds {tuple(full.shape)}, the block {piece.shape}")
+            return full
+        try:
+            return cut(full, piece.shape, piece.layout, piece.n_heads, piece.head_dim, self.max_heads,
+                       self.max_head_dim)
+        except ValueError as exc:
+            raise ValueError(f"{piece.name}: {exc}") from None
+
+    def weights(self, arch: Architecture, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Each parameter of ``model`` (the built ``arch``) by name, as its slice of the supernet's tensors."""
+        try:
+            return {piece.name: self.cut(piece) for piece in self.plan(arch, model)}
+        except ValueError as exc:
+            raise ValueError(f"{arch.summary()}: {exc}") from None
 
     def _create(self, key: str, place: _Place, sharing: Sharing | None, local: str, own: torch.Tensor) -> None:
         if sharing is None:  # full width only: start from the block's own initialisation
@@ -344,7 +368,7 @@ class Supernet(nn.Module):
         return self._widest[key]
 
     @staticmethod
-    def _config_corners(entry: Any, cls: type) -> Iterator[Any]:
+    def _config_corners(entry: Any, cls: Any) -> Iterator[Any]:
         fields = [f for f in cls.Config.model_fields if f != "type"]
         spaces = [getattr(entry, f, None) for f in fields]
         options = [_corners(s) if s is not None else [cls.Config.model_fields[f].default]
