@@ -7,13 +7,16 @@
 * :mod:`nas.search.tracking`    MLflow: one parent run per search, one child per trial
 * :mod:`nas.search.fronts`      Pareto ranks, reference point and hypervolume while the search runs
 * :mod:`nas.search.live`        the terminal view
-* :mod:`nas.search.controller`  composes the parts: :func:`run_search`
+* :mod:`nas.search.controller`  composes the parts of a search that trains every architecture
+* :mod:`nas.search.one_shot`    ``search.strategy: one_shot``: a supernet screens, the best are retrained
+* :mod:`nas.search.strategy`    :func:`run_search`: the strategy the spec names
 """
 
 from ..spec import make_sampler  # the sampler a spec names, built where the spec is checked
-from .controller import Controller, SearchOutcome, format_outcome, run_search
+from .controller import Controller, SearchOutcome, format_outcome
 from .store import (SearchAborted, SearchPaths, SearchRefused, StudyStore, count_trials, load_study,
                     natural_reference, study_front, study_rows)
+from .strategy import run_search
 
 __all__ = ["Controller", "SearchAborted", "SearchRefused", "SearchOutcome", "SearchPaths", "StudyStore", "count_trials",
            "format_outcome", "load_study", "make_sampler", "natural_reference", "run_search", "study_front",
