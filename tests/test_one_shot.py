@@ -75,6 +75,27 @@ def test_the_final_front_holds_only_retrained_trials(tmp_path):
     record = main.user_attrs["one_shot"]
     assert record["supernet_steps"] == 20 and 20 <= record["supernet_passes"] <= 60 and record["candidates"] == 8
 
+    # `nas supernet export`: the best candidate as an ordinary saved model, computing what its supernet path does
+    code, out, err = run_cli(tmp_path, "supernet", "export", "os", "exported", "--dir", "out")
+    assert code == 0, out + err
+    best = choose(screened, objectives, 1)[0]
+    assert f"candidate {best.number} " in out
+    import torch
+
+    import nas
+    from nas.architecture import Architecture
+    from nas.spec import load_spec
+    from nas.supernet import Supernet
+
+    model = nas.load_model(tmp_path / "exported")
+    net, _ = Supernet.load(tmp_path / "out" / "supernets" / "os", load_spec(tmp_path / "os.yaml").spec)
+    arch = Architecture.model_validate(best.user_attrs["architecture"])
+    x = next(net.task.train_batches(4, seed=3))[0]
+    with torch.no_grad():
+        assert (model(x) - net.eval()(x, arch)).abs().max().item() <= 1e-6
+    code, out, err = run_cli(tmp_path, "supernet", "export", "os", "again", "--candidate", "999", "--dir", "out")
+    assert code != 0 and "no screened candidate 999" in out + err
+
 
 UNSHARED = '''
 from typing import Literal

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     import optuna
 
 __all__ = ["run_one_shot", "supernet_folder", "screening_paths", "score_subnet", "choose", "SupernetJob",
-           "supernet_task"]
+           "supernet_task", "export_subnet"]
 
 
 def supernet_folder(paths: SearchPaths) -> Path:
@@ -178,6 +178,7 @@ def _screen(spec: Spec, paths: SearchPaths, source: str, net: Supernet, say: Cal
         proposal = policy.ask()
         if proposal is None:
             continue
+        proposal.trial.set_user_attr("architecture", proposal.arch.model_dump())  # for `nas supernet export`
         result = score_subnet(spec, net, proposal.arch, spec.search.one_shot.calibration_batches)
         policy.tell(proposal.trial, result, proposal.key)
         policy.check_failures()
@@ -274,3 +275,55 @@ def run_one_shot(loaded: LoadedSpec, root: Path | None = None, address: str | No
     finally:
         screening_lock.release()
     return dataclasses.replace(outcome, notes=tuple(notes) + outcome.notes)
+
+
+# --- `nas supernet export` ------------------------------------------------------------------------------
+def export_subnet(root: Path, name: str, out: Path, candidate: int | None = None) -> tuple[int, Architecture]:
+    """Write screened candidate ``candidate`` (default: the best by non-dominated rank) of one-shot search
+    ``name``, extracted from its supernet with the inherited weights, as a saved model (:mod:`nas.saved`) in
+    ``out``: the same files as ``nas export`` writes for a trial, loadable with ``nas.load_model``. Raises
+    ``ValueError`` naming what is missing."""
+    import tempfile
+
+    import yaml
+    from safetensors.torch import save_model
+
+    from ..saved import write_saved
+    from .store import load_study
+
+    paths = SearchPaths(root, name)
+    folder = supernet_folder(paths)
+    if not Supernet.saved(folder):
+        raise ValueError(f"search '{name}' has no trained supernet in {folder} (is it a one-shot search, and did "
+                         "its phase 1 finish?)")
+    try:
+        study = load_study(screening_paths(paths))
+    except KeyError:
+        raise ValueError(f"search '{name}' has screened no candidates yet ({screening_paths(paths).journal})") from None
+    text = study.user_attrs.get("spec_text", "")
+    spec = spec_from_data(yaml.safe_load(text))
+    objectives = [(m, d) for m, d in study.user_attrs["objectives"]]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "ok"}
+    if candidate is None:
+        best = choose(study, objectives, 1)
+        if not best:
+            raise ValueError(f"search '{name}' has no scored, feasible candidate")
+        candidate = best[0].number
+    if candidate not in trials:
+        raise ValueError(f"search '{name}' has no screened candidate {candidate} (see `nas show {name}.oneshot`)")
+    stored = trials[candidate].user_attrs.get("architecture")
+    if stored is not None:
+        arch = Architecture.model_validate(stored)
+    else:  # sampled again from its parameters
+        from optuna.trial import FixedTrial
+
+        from ..space import sample_architecture
+
+        arch = sample_architecture(spec, FixedTrial(trials[candidate].params))
+    net, _ = Supernet.load(folder, spec)
+    model = net.extract(arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, f"{tmp}/w.safetensors")  # handles the shared position module
+        weights = Path(f"{tmp}/w.safetensors").read_bytes()
+    write_saved(out, weights, arch.model_dump_json(indent=2), spec.task, text)
+    return candidate, arch
