@@ -222,16 +222,19 @@ def analyse(runs: list[dict[str, Any]], out: Path) -> None:
         total_wall = {s: curves[("random", s)][-1][1] for s in seeds}
         print(f"\n== {space}: {len(seeds)} seeds; the target is random search's final hypervolume per seed "
               f"(median {statistics.median(target.values()):.4f})")
-        print(f"{'method':<8} {'final HV (median)':>18} {'steps to target / random total':>32} "
-              f"{'wall to target / random':>24} {'reached':>8} {'p (one-sided)':>14}")
+        print(f"{'method':<13} {'final HV (median)':>18} {'steps to target / random total':>32} "
+              f"{'wall to target / random':>24} {'reached':>8} {'p (one-sided)':>14} {'spent / random':>15} "
+              f"{'final HV / target':>18}")
         own = {s: next(st for st, _, hv in curves[("random", s)] if hv >= target[s] - 1e-12) for s in seeds}
         for method in METHODS:
-            ratios, walls, finals, wins = [], [], [], 0
+            ratios, walls, finals, wins, spent, relative = [], [], [], 0, [], []
             for s in seeds:
                 c = curves.get((method, s))
                 if c is None:
                     continue
                 finals.append(c[-1][2])
+                spent.append(c[-1][0] / total[s])  # all the compute the run used, over random's
+                relative.append(c[-1][2] / target[s])
                 hit = next(((st, w) for st, w, hv in c if hv >= target[s] - 1e-12), None)
                 # a run that never reaches the target is censored: it needs more than it ran (inf here)
                 ratios.append(hit[0] / total[s] if hit else math.inf)
@@ -243,8 +246,8 @@ def analyse(runs: list[dict[str, Any]], out: Path) -> None:
             if method != "random":  # exact one-sided sign test: fewer steps than random needed, seed by seed
                 p = f"{binomtest(wins, len(ratios), 0.5, alternative='greater').pvalue:.3f}"
             reached = sum(math.isfinite(r) for r in ratios)
-            print(f"{method:<8} {statistics.median(finals):>18.4f} {fmt(ratios):>32} {fmt(walls):>24} "
-                  f"{reached}/{len(ratios):<6} {p:>14}")
+            print(f"{method:<13} {statistics.median(finals):>18.4f} {fmt(ratios):>32} {fmt(walls):>24} "
+                  f"{reached}/{len(ratios):<6} {p:>14} {fmt(spent):>15} {fmt(relative):>18}")
         shares = [o for o in (overhead(r, r.get("concurrency", 2)) for r in mine) if o is not None]
         if shares:
             def med(key: str) -> str:
