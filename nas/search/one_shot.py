@@ -44,7 +44,7 @@ from ..trial import TrialResult, broken_limit, measure_hardware
 from .controller import Controller, SearchOutcome
 from .policy import AskTell
 from .reconcile import reconcile
-from .store import SearchLock, SearchPaths, StudyStore, fingerprint
+from .store import SearchAborted, SearchLock, SearchPaths, StudyStore, fingerprint
 
 if TYPE_CHECKING:
     import optuna
@@ -136,7 +136,9 @@ def _supernet(spec: Spec, paths: SearchPaths, address: str | None, say: Callable
 def score_subnet(spec: Spec, net: Supernet, arch: Architecture, calibration_batches: int = 0) -> TrialResult:
     """A candidate's result: hardware first on the extracted standalone subnet (sizes on the meta device, then
     training memory, latency and inference memory as in any trial; over a limit: infeasible, never scored),
-    then its quality with inherited weights. Never raises for a bad architecture: it fails with the reason."""
+    then its quality with inherited weights (of the subnet as extracted: a compression in the architecture is
+    measured for hardware here, and applied to quality only when the candidate is retrained). Never raises for a
+    bad architecture: it fails with the reason."""
     import torch
 
     started, wall = time.perf_counter(), time.time()
@@ -263,6 +265,9 @@ def run_one_shot(loaded: LoadedSpec, root: Path | None = None, address: str | No
         store = _screen(spec, paths, source, net, say)
         objectives = objective_directions(spec)
         chosen = choose(store.study, objectives, cfg.top_k)
+        if not chosen:
+            raise SearchAborted(f"one-shot: none of the screened candidates was scored and feasible (see `nas show "
+                                f"{screening_paths(paths).name} --all`); nothing to retrain")
         screened = sum(1 for t in store.study.get_trials(deepcopy=False) if "repeat_of" not in t.user_attrs
                        and t.user_attrs.get("status") in ("ok", "failed"))
         say(f"one-shot phase 2: {screened} candidates scored; retraining the best {len(chosen)} from scratch")
