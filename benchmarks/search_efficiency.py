@@ -6,7 +6,10 @@ Methods, each over the same seeds, each a real ``nas search`` (Ray, the journal,
   (``early_stopping.enabled: false``, ``deduplicate: false``): brute force;
 * ``tpe``: Optuna's TPESampler (multi-objective), the same full-fidelity training;
 * ``ours``: TPE with multi-objective asynchronous successive halving (``nas.search.stopping``), no duplicate
-  training, limits checked on the untrained model (the default search, ``early_stopping.enabled: true``).
+  training, limits checked on the untrained model (the default search, ``early_stopping.enabled: true``);
+* ``one_shot`` / ``one_shot_lean``: ``search.strategy: one_shot`` (``nas.search.one_shot``): one supernet, TPE
+  over subnets scored with inherited weights, the top 4 (lean: a third of the supernet training, the top 2)
+  retrained from scratch; its compute counts the supernet's path passes first, then the retrained trials.
 
 Spaces: the quickstart's (``search_spaces/quickstart.yaml``: MQAR, 300 steps) and a byte-level language model on
 the Python standard library's own top-level ``*.py`` files (about 4.7 MB of real text, read from the running
@@ -54,6 +57,15 @@ METHODS = {
             "deduplicate": False},
     "ours": {"sampler": {"type": "tpe", "options": {"n_startup_trials": 8}}, "early_stopping": {"enabled": True},
              "deduplicate": True},
+    # one supernet at the trials' budget (three path passes a step), 64 candidates screened by TPE with inherited
+    # weights, the best 4 retrained from scratch; compute = the supernet's passes + the retrained trials' steps
+    "one_shot": {"strategy": "one_shot", "one_shot": {"candidates": 64, "top_k": 4},
+                 "sampler": {"type": "tpe", "options": {"n_startup_trials": 8}}, "early_stopping": {"enabled": False},
+                 "deduplicate": True},
+    # the same with a third of the supernet training and 2 retrained: aimed at 10% of random's compute
+    "one_shot_lean": {"strategy": "one_shot", "one_shot": {"candidates": 64, "top_k": 2, "supernet_steps": 100},
+                      "sampler": {"type": "tpe", "options": {"n_startup_trials": 8}},
+                      "early_stopping": {"enabled": False}, "deduplicate": True},
 }
 
 
@@ -113,6 +125,11 @@ def run_one(space: str, method: str, seed: int, trials: int, concurrency: int, o
                      "feasible": all(v <= 0 for v in t.constraints.values()),
                      "done_at": t.datetime_complete.timestamp(),
                      "busy": t.user_attrs.get("busy")})
+    one_shot = study.user_attrs.get("one_shot")
+    if one_shot:  # the supernet's training counts first, as one block of steps (path passes) before any trial
+        rows.insert(0, {"number": -1, "state": "SUPERNET", "status": "supernet", "repeat": False,
+                        "steps": int(one_shot["supernet_passes"]), "values": None, "feasible": False,
+                        "done_at": started + float(one_shot.get("supernet_seconds") or 0.0), "busy": None})
     return {"space": space, "method": method, "seed": seed, "trials": rows, "started": started, "ended": ended,
             "concurrency": concurrency,
             "seconds": outcome.seconds, "objectives": [list(o) for o in outcome.front.objectives],
@@ -205,16 +222,19 @@ def analyse(runs: list[dict[str, Any]], out: Path) -> None:
         total_wall = {s: curves[("random", s)][-1][1] for s in seeds}
         print(f"\n== {space}: {len(seeds)} seeds; the target is random search's final hypervolume per seed "
               f"(median {statistics.median(target.values()):.4f})")
-        print(f"{'method':<8} {'final HV (median)':>18} {'steps to target / random total':>32} "
-              f"{'wall to target / random':>24} {'reached':>8} {'p (one-sided)':>14}")
+        print(f"{'method':<13} {'final HV (median)':>18} {'steps to target / random total':>32} "
+              f"{'wall to target / random':>24} {'reached':>8} {'p (one-sided)':>14} {'spent / random':>15} "
+              f"{'final HV / target':>18}")
         own = {s: next(st for st, _, hv in curves[("random", s)] if hv >= target[s] - 1e-12) for s in seeds}
         for method in METHODS:
-            ratios, walls, finals, wins = [], [], [], 0
+            ratios, walls, finals, wins, spent, relative = [], [], [], 0, [], []
             for s in seeds:
                 c = curves.get((method, s))
                 if c is None:
                     continue
                 finals.append(c[-1][2])
+                spent.append(c[-1][0] / total[s])  # all the compute the run used, over random's
+                relative.append(c[-1][2] / target[s])
                 hit = next(((st, w) for st, w, hv in c if hv >= target[s] - 1e-12), None)
                 # a run that never reaches the target is censored: it needs more than it ran (inf here)
                 ratios.append(hit[0] / total[s] if hit else math.inf)
@@ -226,8 +246,8 @@ def analyse(runs: list[dict[str, Any]], out: Path) -> None:
             if method != "random":  # exact one-sided sign test: fewer steps than random needed, seed by seed
                 p = f"{binomtest(wins, len(ratios), 0.5, alternative='greater').pvalue:.3f}"
             reached = sum(math.isfinite(r) for r in ratios)
-            print(f"{method:<8} {statistics.median(finals):>18.4f} {fmt(ratios):>32} {fmt(walls):>24} "
-                  f"{reached}/{len(ratios):<6} {p:>14}")
+            print(f"{method:<13} {statistics.median(finals):>18.4f} {fmt(ratios):>32} {fmt(walls):>24} "
+                  f"{reached}/{len(ratios):<6} {p:>14} {fmt(spent):>15} {fmt(relative):>18}")
         shares = [o for o in (overhead(r, r.get("concurrency", 2)) for r in mine) if o is not None]
         if shares:
             def med(key: str) -> str:
@@ -251,7 +271,7 @@ def plot(space: str, curves: dict[tuple[str, int], list[tuple[int, float, float]
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method, colour in zip(METHODS, ("tab:gray", "tab:blue", "tab:red")):
+    for method, colour in zip(METHODS, ("tab:gray", "tab:blue", "tab:red", "tab:green", "tab:olive")):
         for s in seeds:
             c = curves.get((method, s))
             if c:

@@ -57,11 +57,14 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .declared import POSITION_MODES, BlockConfig, Capabilities, Dims, capabilities_of, search_space_of
+from .declared import (POSITION_MODES, SLICE_LAYOUTS, BlockConfig, Capabilities, Dims, Sharing, capabilities_of,
+                       search_space_of)
 
 __all__ = [
     "BlockConfig",
     "Capabilities",
+    "Sharing",
+    "SLICE_LAYOUTS",
     "Dims",
     "PositionScheme",
     "Task",

@@ -506,6 +506,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_supernet_export(args: argparse.Namespace) -> int:
+    from .search.one_shot import export_subnet
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; export into a new folder")
+    try:
+        number, arch = export_subnet(Path(args.dir), args.name, out, args.candidate)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"exported candidate {number} of '{args.name}' ({arch.summary()}) with its supernet weights to {out}")
+    print(f'load it: python -c "import nas; print(nas.load_model(\'{out}\'))"')
+    return 0
+
+
 def _stored_task(spec_text: str) -> dict[str, Any]:
     """The task config of a stored search, defaults filled in, from the YAML the study keeps."""
     from . import registry
@@ -717,6 +732,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="DIR", help="a new (or empty) folder")
     p.add_argument("--dir", default=".nas", help="root the search wrote to (default .nas)")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("supernet", help="a one-shot search's supernet: `nas supernet export NAME PATH` writes a "
+                       "subnet with its inherited weights as a model that nas.load_model reads")
+    supernet_sub = _Subparsers(p.add_subparsers(dest="supernet_command", required=True, metavar="ACTION"), common)
+    q = supernet_sub.add_parser("export", help="extract a screened candidate (default: the best by non-dominated "
+                                "rank) from the supernet, with its inherited weights, into a new folder")
+    q.add_argument("name", help="the one-shot search")
+    q.add_argument("out", metavar="PATH", help="a new (or empty) folder")
+    q.add_argument("--candidate", type=int, help="the candidate number (see `nas show NAME.oneshot --all`)")
+    q.add_argument("--dir", default=".nas", help="root the search wrote to (default .nas)")
+    q.set_defaults(fn=cmd_supernet_export)
 
     p = sub.add_parser("profile", help="measure each attention type's time and memory against sequence length; "
                        "fit scaling exponents; compare a layer's activation memory with Korthikanti et al.")

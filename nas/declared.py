@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["POSITION_MODES", "PositionMode", "BlockConfig", "Capabilities", "Dims", "capabilities_of",
+__all__ = ["POSITION_MODES", "PositionMode", "SLICE_LAYOUTS", "BlockConfig", "Sharing", "Capabilities", "Dims",
+           "capabilities_of",
            "search_space_of"]
 
 #: Where a position scheme acts: added to the token embeddings, rotating queries and keys, or as an
@@ -26,6 +27,52 @@ class BlockConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str = ""  # the registered name; each subclass narrows it to its Literal (the registry checks)
+
+
+#: How one axis of a shared parameter is cut from the supernet's widest copy (:class:`Sharing`):
+#:
+#: * ``front``: the first n entries (a d_model axis, a feed-forward hidden axis, any plain width);
+#: * ``heads``: ``n_heads`` query heads of ``head_dim``, laid out head-major (H * D): the first H heads, and
+#:   the first D entries of each;
+#: * ``qkv``: a packed ``[q (H * D) | k (G * D) | v (G * D)]`` axis; the key/value heads G are read from the
+#:   block's own size. The widest copy holds as many key/value heads as query heads.
+SLICE_LAYOUTS = ("front", "heads", "qkv")
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """A block whose parameters can be cut from a wider copy of themselves (weight sharing by slicing, as in
+    HAT and AutoFormer), declared as ``Capabilities(sharing=Sharing(...))``; read by :mod:`nas.supernet`.
+
+    The promise: built for any smaller ``Dims`` (and any config of its search space), the block's parameters
+    have the same names, and each is the slice of the widest copy that ``layouts`` describes (every axis not
+    listed is ``front``); its buffers depend only on its config, its sizes and the seed it is built under.
+    The conformance kit checks it (:func:`nas.testing.check_supernet_slicing`).
+
+    ``family``: blocks of one kind with the same family share their parameters of the same name in a
+    supernet (softmax, sliding-window and linear attention all have the same ``qkv`` and ``out``); a block
+    alone in its family has weights of its own that its configs share.
+    """
+
+    family: str
+    layouts: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """``(("qkv.weight", ("qkv", "front")), ("out.weight", ("front", "heads")))``: the parameters with an axis
+    that is not plain ``front``, each with one layout (``SLICE_LAYOUTS``) per axis."""
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            raise ValueError("Sharing.family must name the family whose parameters the block shares")
+        for name, axes in self.layouts:
+            bad = [a for a in axes if a not in SLICE_LAYOUTS]
+            if bad:
+                raise ValueError(f"Sharing layout of '{name}': unknown {bad}; valid: {', '.join(SLICE_LAYOUTS)}")
+
+    def layout(self, name: str, ndim: int) -> tuple[str, ...]:
+        """The layout of each axis of parameter ``name`` (``front`` unless declared)."""
+        axes = dict(self.layouts).get(name, ())
+        if len(axes) > ndim:
+            raise ValueError(f"Sharing layout of '{name}' names {len(axes)} axes; the parameter has {ndim}")
+        return tuple(axes) + ("front",) * (ndim - len(axes))
 
 
 @dataclass(frozen=True)
@@ -48,6 +95,10 @@ class Capabilities:
     time_exponent: tuple[int, str] | None = None
     """attention only: the asymptotic time exponent in the sequence length and why, e.g. ``(2, "every query
     scores every key")``; ``nas profile`` compares its fitted exponent with it."""
+    sharing: Sharing | None = None
+    """attention, position, norm, ffn: how the block's weights are cut from a wider copy in a one-shot
+    supernet (:class:`Sharing`); None: not sliceable, so a supernet keeps separate full-width weights for each
+    of its configs and sizes."""
 
     def supports(self, causal: bool) -> bool:
         """Whether the block can run in this direction (causal, or bidirectional)."""
@@ -60,6 +111,8 @@ class Capabilities:
     def describe(self, kind: str) -> dict[str, Any]:
         """The capabilities that matter for ``kind``, as plain JSON-able values."""
         out: dict[str, Any] = {"needs_gpu": self.needs_gpu}
+        if kind in ("attention", "position", "norm", "ffn"):
+            out["sharing"] = self.sharing.family if self.sharing is not None else None
         if kind == "attention":
             out.update(causal=self.causal, bidirectional=self.bidirectional,
                        positions=sorted(self.positions))

@@ -29,7 +29,10 @@ The checks (each one a test method, also usable on its own as a ``check_*`` func
   tensor it uses moves with it (none is held outside parameters and buffers); with CUDA, CPU -> CUDA -> CPU;
 * finite outputs under bf16 autocast, and with bf16 weights (the ``quantize: bf16`` compression);
 * the block's search space (generic or its own ``search_space``) samples only configs that validate and
-  build, for several model sizes, with a fixed choice set per Optuna parameter name.
+  build, for several model sizes, with a fixed choice set per Optuna parameter name;
+* blocks that declare :class:`~nas.blocks.Sharing`: in a one-shot supernet over a space of two widths and two
+  depths, every extracted subnet computes what the supernet computed on its path (to 1e-6 in fp32), and a
+  path's gradient reaches only the slices it used (:func:`check_supernet_slicing`).
 
 Every check runs on three kinds of config, so that the kit tests what a search will sample:
 
@@ -91,6 +94,8 @@ __all__ = [
     "check_state_dict",
     "check_param_count",
     "check_bf16",
+    "check_supernet_slicing",
+    "supernet_spec",
     "check_search_space",
     "check_compressed_causal",
     "check_compressed_batch_independence",
@@ -465,6 +470,74 @@ def check_bf16(case: Case) -> None:
     assert y.shape == x.shape and torch.isfinite(y.float()).all(), f"{case.id}: bad output with bf16 weights"
 
 
+def supernet_spec(case: Case) -> Any:
+    """A tiny spec whose space holds the case's block, with d_model {C/2, C}, n_heads {H/2, H} and 1 or 2
+    layers, on the default task (or one of the case's direction) at the kit's sizes; None when no registered
+    task runs in the case's direction."""
+    from .spec import spec_from_data
+
+    tasks = [e for e in registry.entries("task") if e.capabilities.causal == case.causal]
+    if not tasks:
+        return None
+    task = next((e for e in tasks if e.name == registry.default("task")), tasks[0])
+    config = case.config or case.entry.config()
+    block = {**config.model_dump(mode="json", exclude_defaults=True), "type": case.entry.name}
+    space: dict[str, Any] = {case.entry.kind: [block]}
+    if case.entry.kind == "attention" and case.position:
+        space["position"] = [{"type": case.position}]
+    if case.entry.kind == "position":
+        space["attention"] = [{"type": universal_attention().name}]
+    data = {"name": "kit", "task": task.cls.tiny_config(T).model_dump(mode="json"),
+            "model": {"d_model": [C // 2, C], "n_heads": [H // 2, H], "n_layers": [1, 2],
+                      "norm_placement": ["pre", "post"]},
+            "space": space, "training": {"steps": 1, "batch_size": B}}
+    return spec_from_data(data)
+
+
+def check_supernet_slicing(case: Case, atol: float = 1e-6) -> None:
+    """For a block that declares ``Sharing``: the names its layouts give are parameters it has; on the
+    largest, the smallest and random paths of a supernet over :func:`supernet_spec`, the extracted subnet's
+    output equals the supernet's output on that path (within ``atol``, fp32), and the path's gradient is zero
+    everywhere outside the slices the path used."""
+    from .supernet import Supernet, sample_path
+
+    sharing = case.entry.capabilities.sharing
+    if sharing is None:
+        _pytest().skip(f"{case.entry.name} declares no Sharing: a supernet keeps separate weights for it")
+    assert sharing is not None
+    own = {name for name, _ in case.build().named_parameters()}
+    unknown = [name for name, _ in sharing.layouts if name not in own]
+    assert not unknown, f"{case.id}: Sharing layouts name parameters the block does not have: {unknown}"
+    spec = supernet_spec(case)
+    if spec is None:
+        _pytest().skip(f"no registered task runs {'causally' if case.causal else 'bidirectionally'}")
+    registry.load_plugins()
+    net = Supernet(spec, seed=0).eval()
+    x = next(net.task.train_batches(B, seed=0))[0]
+    paths = [sample_path(spec, seed, widths) for widths in ("largest", "smallest", "random") for seed in (0, 1)]
+    for arch in paths:
+        with torch.no_grad():
+            got = net(x, arch)
+            want = net.extract(arch)(x)
+        moved = (got - want).abs().max().item()
+        assert moved <= atol, (f"{case.id}: the subnet extracted for {arch.summary()} differs from the supernet's "
+                               f"path by {moved:.3g} (allowed {atol:g})")
+        net.zero_grad(set_to_none=True)
+        net(x, arch).float().square().mean().backward()
+        for piece in net.plan(arch, net.build(arch)):
+            grad = net.store[piece.slot].grad
+            if grad is None:
+                continue
+            assert torch.isfinite(grad).all(), f"{case.id}: non-finite gradient on {piece.slot}"
+            index = torch.arange(grad.numel(), dtype=torch.float64).view(grad.shape)
+            used = torch.zeros(grad.numel(), dtype=torch.bool)
+            used[net.cut(piece, index).flatten().long()] = True
+            stray = grad.flatten()[~used].abs().max().item() if (~used).any() else 0.0
+            assert stray == 0.0, (f"{case.id}: {arch.summary()}: the gradient of {piece.name} reaches supernet "
+                                  f"weights outside its slice ({stray:.3g})")
+        net.zero_grad(set_to_none=True)
+
+
 def _choices(annotation: Any, default: Any) -> list[Any]:
     """Every value of a Literal or bool field; the default of anything else."""
     origin = typing.get_origin(annotation)
@@ -682,6 +755,11 @@ class _ModuleConformance(_Conformance):
     def test_search_space_samples_valid_configs(self, case: Case) -> None:
         self.skip_if_unrunnable(case)
         check_search_space(case, self.example_spaces.get(case.entry.name))
+
+    @_default_config_only
+    def test_supernet_path_equals_extracted_subnet(self, case: Case) -> None:
+        self.skip_if_unrunnable(case)
+        check_supernet_slicing(case)
 
 
 class AttentionConformance(_ModuleConformance):

@@ -15,8 +15,12 @@ from pydantic import Field
 from torch import nn
 
 from nas import BlockConfig, Capabilities, Dims, PositionScheme, kernels, register, suggest_among
+from nas.blocks import Sharing
 
 ALL_POSITIONS = frozenset({"none", "embedding", "rotary", "bias"})
+#: Every :class:`HeadAttention` shares its query/key/value and output projections in a one-shot supernet: the
+#: widest copy holds as many key/value heads as query heads, grouped-query attention takes the first G of them.
+HEAD_SHARING = Sharing("heads", (("qkv.weight", ("qkv", "front")), ("out.weight", ("front", "heads"))))
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA's enable_gqa argument
 
 
@@ -166,7 +170,7 @@ class SoftmaxAttention(HeadAttention):
         dropout: float = Field(0.0, ge=0.0, lt=1.0, description="attention-probability dropout in training")
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
-                                time_exponent=(2, "every query scores every key"))
+                                time_exponent=(2, "every query scores every key"), sharing=HEAD_SHARING)
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -188,7 +192,7 @@ class GroupedQueryAttention(HeadAttention):
         kv_heads: int = Field(1, ge=1, description="key/value heads; must divide n_heads (1: multi-query)")
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
-                                time_exponent=(2, "every query scores every key"))
+                                time_exponent=(2, "every query scores every key"), sharing=HEAD_SHARING)
     conformance_configs = [{"kv_heads": 2}]  # shared key/value heads in groups (the default is multi-query)
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
@@ -226,7 +230,7 @@ class SlidingWindowAttention(HeadAttention):
                             "window keys per query when causal, 2 * window - 1 when bidirectional")
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
-                                time_exponent=(1, "window keys per query"))
+                                time_exponent=(1, "window keys per query"), sharing=HEAD_SHARING)
     #: The default window (64) is at least the kit's sequence (full attention): check the blockwise path too.
     conformance_configs = [{"window": 4}, {"window": 1}]
 
@@ -320,7 +324,8 @@ class BlockSparseAttention(HeadAttention):
         strided: bool = Field(True, description="also see the last token of every block")
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ALL_POSITIONS,
-                                time_exponent=(2, "strided keys: T/block per query, and the dense mask on CPU"))
+                                time_exponent=(2, "strided keys: T/block per query, and the dense mask on CPU"),
+                                sharing=HEAD_SHARING)
     #: The default block (16) is the kit's whole sequence: check patterns with several blocks too.
     conformance_configs = [{"block_size": 4, "local_blocks": 0, "global_tokens": 1},
                            {"block_size": 4, "local_blocks": 1, "global_tokens": 0, "strided": False}]

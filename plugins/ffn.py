@@ -9,7 +9,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from nas import BlockConfig, Dims, register, suggest_among, suggest_value
+from nas import BlockConfig, Capabilities, Dims, register, suggest_among, suggest_value
+from nas.blocks import Sharing
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -22,6 +23,8 @@ class MLP(nn.Module):
         type: Literal["mlp"] = "mlp"
         expansion: int = Field(4, ge=1, le=16, description="hidden width as a multiple of d_model")
         activation: Literal["gelu", "relu"] = "gelu"
+
+    capabilities = Capabilities(sharing=Sharing("mlp"))  # the first e*C hidden neurons of the widest MLP
 
     def __init__(self, config: Config, dims: Dims):
         super().__init__()
@@ -108,6 +111,8 @@ class SwiGLU(GatedFFN):
         type: Literal["swiglu"] = "swiglu"
         expansion: float = _GLU_EXPANSION
 
+    capabilities = Capabilities(sharing=Sharing("swiglu"))
+
     act = nn.SiLU()
 
 
@@ -119,6 +124,8 @@ class GeGLU(GatedFFN):
     class Config(BlockConfig):
         type: Literal["geglu"] = "geglu"
         expansion: float = _GLU_EXPANSION
+
+    capabilities = Capabilities(sharing=Sharing("geglu"))
 
     act = nn.GELU()
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from nas import BlockConfig, Capabilities, Dims, PositionScheme, kernels, register
 from nas_plugins._common import fp32_region
-from nas_plugins.attention import HeadAttention
+from nas_plugins.attention import HEAD_SHARING, HeadAttention
 
 ABSOLUTE_POSITIONS = frozenset({"none", "embedding"})
 EPS = 1e-6  # keeps the normaliser positive when every feature underflows
@@ -102,7 +102,7 @@ class LinearAttention(_KernelAttention):
         type: Literal["linear"] = "linear"
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ABSOLUTE_POSITIONS,
-                                time_exponent=(1, "D x D state per head"))
+                                time_exponent=(1, "D x D state per head"), sharing=HEAD_SHARING)
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):
         super().__init__(dims, position)
@@ -128,7 +128,7 @@ class PerformerAttention(_KernelAttention):
         num_features: int = Field(64, ge=1, description="random features M per head")
 
     capabilities = Capabilities(causal=True, bidirectional=True, positions=ABSOLUTE_POSITIONS,
-                                time_exponent=(1, "M x D state per head"))
+                                time_exponent=(1, "M x D state per head"), sharing=HEAD_SHARING)
     conformance_configs = [{"num_features": 5}]  # fewer features than a head's width: a partial block
 
     def __init__(self, config: Config, dims: Dims, position: PositionScheme):

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from nas import BlockConfig, Dims, kernels, register
+from nas import BlockConfig, Capabilities, Dims, kernels, register
+from nas.blocks import Sharing
 
 
 @register("norm", "layernorm", default=True)
@@ -18,6 +19,8 @@ class LayerNorm(nn.LayerNorm):
         type: Literal["layernorm"] = "layernorm"
         eps: float = Field(1e-5, gt=0)
         bias: bool = True
+
+    capabilities = Capabilities(sharing=Sharing("layernorm"))  # scale and shift: the first d_model entries
 
     def __init__(self, config: Config, dims: Dims):
         super().__init__(dims.d_model, eps=config.eps, bias=config.bias)
@@ -30,6 +33,8 @@ class RMSNorm(nn.RMSNorm):
     class Config(BlockConfig):
         type: Literal["rmsnorm"] = "rmsnorm"
         eps: float = Field(1e-6, gt=0)
+
+    capabilities = Capabilities(sharing=Sharing("rmsnorm"))
 
     def __init__(self, config: Config, dims: Dims):
         super().__init__(dims.d_model, eps=config.eps)

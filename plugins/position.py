@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from nas import BlockConfig, Capabilities, Dims, PositionScheme, register, suggest_among, suggest_value
+from nas.blocks import Sharing
 
 
 @register("position", "none")
@@ -19,7 +20,7 @@ class NoPosition(PositionScheme):
     class Config(BlockConfig):
         type: Literal["none"] = "none"
 
-    capabilities = Capabilities(position_mode="none")
+    capabilities = Capabilities(position_mode="none", sharing=Sharing("none"))
 
     def __init__(self, config: Config, dims: Dims):
         super().__init__()
@@ -33,7 +34,7 @@ class SinusoidalPosition(PositionScheme):
         type: Literal["sinusoidal"] = "sinusoidal"
         base: float = Field(10000.0, gt=1.0, description="wavelength base")
 
-    capabilities = Capabilities(position_mode="embedding")
+    capabilities = Capabilities(position_mode="embedding", sharing=Sharing("sinusoidal"))
 
     def __init__(self, config: Config, dims: Dims):
         super().__init__()
@@ -55,7 +56,7 @@ class LearnedPosition(PositionScheme):
     class Config(BlockConfig):
         type: Literal["learned"] = "learned"
 
-    capabilities = Capabilities(position_mode="embedding")
+    capabilities = Capabilities(position_mode="embedding", sharing=Sharing("learned"))
 
     def __init__(self, config: Config, dims: Dims):
         super().__init__()
@@ -75,7 +76,7 @@ class RotaryPosition(PositionScheme):
         type: Literal["rope"] = "rope"
         base: float = Field(10000.0, gt=1.0, description="frequency base (theta)")
 
-    capabilities = Capabilities(position_mode="rotary")
+    capabilities = Capabilities(position_mode="rotary", sharing=Sharing("rope"))
 
     def __init__(self, config: Config, dims: Dims):
         super().__init__()
@@ -127,7 +128,7 @@ class ALiBi(PositionScheme):
     class Config(BlockConfig):
         type: Literal["alibi"] = "alibi"
 
-    capabilities = Capabilities(position_mode="bias")
+    capabilities = Capabilities(position_mode="bias", sharing=Sharing("alibi"))
 
     def __init__(self, config: Config, dims: Dims):
         super().__init__()
@@ -171,7 +172,7 @@ class RelativeBias(PositionScheme):
                 raise ValueError("max_distance must exceed num_buckets / 2, where the log-spaced buckets start")
             return self
 
-    capabilities = Capabilities(position_mode="bias")
+    capabilities = Capabilities(position_mode="bias", sharing=Sharing("relative"))
 
     @classmethod
     def search_space(cls, trial: Any, entry: Any, dims: Dims, prefix: str) -> Config:

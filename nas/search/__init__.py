@@ -7,7 +7,9 @@
 * :mod:`nas.search.tracking`    MLflow: one parent run per search, one child per trial
 * :mod:`nas.search.fronts`      Pareto ranks, reference point and hypervolume while the search runs
 * :mod:`nas.search.live`        the terminal view
-* :mod:`nas.search.controller`  composes the parts: :func:`run_search`
+* :mod:`nas.search.controller`  composes the parts of a search that trains every architecture
+* :mod:`nas.search.one_shot`    ``search.strategy: one_shot``: a supernet screens, the best are retrained
+* :mod:`nas.search.strategy`    :func:`run_search`: the strategy the spec names
 """
 
 from typing import TYPE_CHECKING
@@ -16,15 +18,17 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ..spec import make_sampler
-    from .controller import Controller, run_search
+    from .controller import Controller
     from .outcome import SearchOutcome, format_outcome
     from .store import (SearchAborted, SearchPaths, SearchRefused, StudyStore, count_trials, load_study,
                         natural_reference, study_front, study_rows)
+    from .strategy import run_search
 
 # Imported on first use: `nas show` reads a study through .store without importing Ray, MLflow or torch.
 _LAZY = {
     "make_sampler": "..spec",  # the sampler a spec names, built where the spec is checked
-    **dict.fromkeys(("Controller", "run_search"), ".controller"),
+    "Controller": ".controller",
+    "run_search": ".strategy",
     **dict.fromkeys(("SearchOutcome", "format_outcome"), ".outcome"),
     **dict.fromkeys(("SearchAborted", "SearchPaths", "SearchRefused", "StudyStore", "count_trials", "load_study",
                      "natural_reference", "study_front", "study_rows"), ".store"),

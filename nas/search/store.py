@@ -226,6 +226,10 @@ def fingerprint(spec: Spec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: What the re-run of an interrupted trial keeps of it: where a one-shot search's retrained trial came from.
+CARRIED = ("one_shot_candidate", "inherited")
+
+
 class StudyStore:
     """The study of one search, opened (or created) from its journal, with the writes the search makes to it
     beyond ask and tell."""
@@ -265,10 +269,12 @@ class StudyStore:
         from optuna.trial import TrialState
 
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, number)
+        attrs = self.storage.get_trial(trial_id).user_attrs
         self.storage.set_trial_user_attr(trial_id, "interrupted", True)
         self.storage.set_trial_user_attr(trial_id, "reason", reason)
         self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        self.study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
+        carried = {k: attrs[k] for k in CARRIED if k in attrs}
+        self.study.enqueue_trial(params, user_attrs={"retry_of": number, **carried}, skip_if_exists=False)
 
     def counts(self) -> Counts:
         return count_trials(self.study)

@@ -15,14 +15,14 @@ from .errors import Problem, SpecError
 from .load import LoadedSpec, load_spec, space_plugins, spec_from_data
 from .sampler import make_sampler
 from .schema import (BLOCK_KINDS, MEASURED_METRICS, SAMPLERS, BlockSpace, Constraints, DistillConfig, FloatRange,
-                     IntRange, MeasureConfig, ModelSpace, Objective, OptimizerConfig, ResourcesConfig, SamplerConfig,
-                     ScheduleConfig, SearchConfig, SpaceBase, Spec, SpecBase, TrainingConfig, block_space_model,
-                     spec_model, teacher_files)
+                     IntRange, MeasureConfig, ModelSpace, Objective, OneShotConfig, OptimizerConfig, ResourcesConfig,
+                     SamplerConfig, ScheduleConfig, SearchConfig, SpaceBase, Spec, SpecBase, TrainingConfig,
+                     block_space_model, spec_model, teacher_files)
 
 __all__ = [
     "BLOCK_KINDS", "MEASURED_METRICS", "SAMPLERS", "BlockSpace", "Constraints", "DistillConfig", "FloatRange",
-    "IntRange", "LoadedSpec", "MeasureConfig", "ModelSpace", "Objective", "OptimizerConfig", "Problem",
-    "ResourcesConfig", "SamplerConfig", "ScheduleConfig", "SearchConfig", "Spec", "SpaceBase", "SpecBase",
+    "IntRange", "LoadedSpec", "MeasureConfig", "ModelSpace", "Objective", "OneShotConfig", "OptimizerConfig",
+    "Problem", "ResourcesConfig", "SamplerConfig", "ScheduleConfig", "SearchConfig", "Spec", "SpaceBase", "SpecBase",
     "SpecError", "TrainingConfig", "block_space_model", "check_semantics", "load_spec", "objective_directions",
     "space_plugins", "spec_from_data", "spec_model", "make_sampler", "teacher_files", "usable_blocks", "values",
 ]

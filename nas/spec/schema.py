@@ -262,9 +262,29 @@ class VerifyConfig(Strict):
     repeats: int = Field(50, gt=0, description="timed forwards per verified trial")
 
 
+class OneShotConfig(Strict):
+    """``search.strategy: one_shot``: train one weight-sharing supernet, score subnets with its weights, retrain
+    the best from scratch (:mod:`nas.supernet`, :mod:`nas.search.one_shot`)."""
+
+    supernet_steps: int | None = Field(None, gt=0, description="supernet optimizer steps (three path passes each "
+                                       "under the sandwich rule); default: training.steps")
+    candidates: int = Field(64, gt=0, description="subnets the sampler proposes and scores with inherited weights")
+    top_k: int = Field(4, gt=0, description="candidates retrained from scratch as ordinary trials, by "
+                       "non-dominated rank; the final front is built from these only")
+    calibration_batches: int = Field(0, ge=0, description="training batches forwarded (no gradients) before "
+                                     "scoring a subnet, for blocks that keep running statistics")
+    sandwich: bool = Field(True, description="every supernet step runs the largest, smallest and a random width "
+                           "of one path (off: a single random path)")
+
+
 class SearchConfig(Strict):
+    strategy: Literal["standalone", "one_shot"] = Field(
+        "standalone", description="standalone: every architecture is trained on its own; one_shot: one supernet "
+        "screens the space, the top_k of search.one_shot are retrained")
+    one_shot: OneShotConfig = OneShotConfig()
     n_trials: int = Field(16, gt=0, description="architectures to train (failed and early-stopped ones count; "
-                          "infeasible ones and repeats of an architecture already trained do not)")
+                          "infeasible ones and repeats of an architecture already trained do not); one_shot: "
+                          "search.one_shot.top_k instead")
     concurrency: int = Field(2, gt=0, description="trials running at once")
     sampler: SamplerConfig = SamplerConfig()
     seed: int = 0
