@@ -71,7 +71,7 @@ def load_space(space: str, tmp: Path) -> Any:
     path = tmp / f"{space}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_spec(path)
+    return load_spec(path).spec
 
 
 def quality_of(spec: Any) -> tuple[str, bool]:
@@ -143,6 +143,7 @@ def measure_one(spec: Any, arch: Any, metric: str) -> dict[str, Any]:
                     "synflow": proxies.synflow, "grad_norm": proxies.grad_norm,
                     **{name: at.get(step) for name, step in rungs.items()}},
         "rung_steps": rungs, "proxy_seconds": proxy_s, "proxy_passes": proxies.passes,
+        "metrics": r.metrics, "rungs": r.rungs,
     }
 
 

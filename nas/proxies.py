@@ -81,7 +81,9 @@ def synflow(model: Transformer, example: torch.Tensor) -> float:
     shape = (1, *example.shape[1:])
     if isinstance(model.embedding, nn.Embedding):
         twin = copy.deepcopy(model)
-        twin.embedding = _AllTokens(twin.embedding)
+        table = twin.embedding
+        assert isinstance(table, nn.Embedding)
+        twin.embedding = _AllTokens(table)
         x = torch.zeros(shape, dtype=torch.long, device=example.device)
         return sum(synflow_per_parameter(twin, x).values())
     if example.is_floating_point():
