@@ -58,6 +58,7 @@ SIGNALS = {
     "q10": ("quality at 10% of the budget", None),
     "q30": ("quality at 30% of the budget", None),
     "inherited": ("inherited-weight quality (supernet)", None),
+    "reseeded": ("full-budget quality with training.seed + 1", None),
 }
 FRACTIONS = {"q10": 0.1, "q30": 0.3}
 
@@ -169,6 +170,26 @@ def add_inherited(results: dict[str, Any], path: Path, tmp: Path) -> None:
         print(f"{space}: inherited-weight scores of {len(rows)} architectures, supernet {steps} steps", flush=True)
 
 
+def add_reseeded(results: dict[str, Any], path: Path, tmp: Path, n: int) -> None:
+    """Train the first ``n`` architectures of each space again at the full budget with ``training.seed + 1``:
+    how well the truth ranks itself, the ceiling no cheap signal can be expected to pass."""
+    from nas.architecture import Architecture
+    from nas.trial import execute_trial
+
+    for space, block in results["spaces"].items():
+        spec = load_space(space, tmp)
+        spec = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": spec.training.seed + 1})})
+        rows = [row for row in block["archs"] if row["status"] == "ok"][:n]
+        for i, row in enumerate(rows):
+            if row["signals"].get("reseeded") is not None:
+                continue
+            r = execute_trial(spec, Architecture.model_validate(row["architecture"])).result
+            row["signals"]["reseeded"] = r.metrics.get(block["metric"]) if r.status == "ok" else None
+            row["reseeded_seconds"] = r.info.get("train_seconds")
+            save(path, results)
+            print(f"[{space} reseeded {i + 1}/{len(rows)}] {row['summary']}: {row['signals']['reseeded']}", flush=True)
+
+
 def run(spaces: list[str], n: int, path: Path, seed: int) -> dict[str, Any]:
     import torch
 
@@ -237,6 +258,9 @@ def cost(signal: str, block: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         steps = rows[0]["rung_steps"][signal]
         secs = sum(r["train_seconds"] for r in rows) / len(rows) * steps / block["budget_steps"]
         return f"{steps} steps (~{secs:.1f} s)"
+    if signal == "reseeded":
+        n = sum(r["signals"].get("reseeded") is not None for r in rows)
+        return f"{block['budget_steps']} steps (a second full training; over {n} of the architectures)"
     inherited = block.get("inherited", {})
     return f"{inherited.get('steps', '?')} steps in all (one supernet, {inherited.get('seconds', math.nan):.0f} s)"
 
@@ -265,6 +289,12 @@ def analyse(results: dict[str, Any], resamples: int = 2000, seed: int = 0) -> di
         stats: dict[str, Any] = {}
         for signal, (_, higher) in SIGNALS.items():
             values = [r["signals"].get(signal) for r in rows]
+            truth_here = truth
+            if signal == "reseeded":  # run on a subset: compared over the architectures that have it
+                have = [i for i, v in enumerate(values) if v is not None]
+                if len(have) < 3:
+                    continue
+                values, truth_here = [values[i] for i in have], [truth[i] for i in have]
             if signal == "inherited" and any(v is None for v in values):
                 why = "nas.supernet missing" if not supernet_available() else "not computed: run --add-inherited"
                 print(f"{signal:<10} {'':<24} not available ({why})")
@@ -273,11 +303,16 @@ def analyse(results: dict[str, Any], resamples: int = 2000, seed: int = 0) -> di
                 print(f"{signal:<10} {'':<24} missing values")
                 continue
             up = higher if higher is not None else block["higher_is_better"]
-            s = bootstrap([(1.0 if up else -1.0) * v for v in values], truth, resamples, seed)
+            s = bootstrap([(1.0 if up else -1.0) * v for v in values], truth_here, resamples, seed)
+            s["n"] = len(values)
             stats[signal] = s
             print(f"{signal:<10} {'yes' if up else 'no (lower does)':<24} "
                   f"{s['tau']:+.3f} [{s['tau_lo']:+.3f}, {s['tau_hi']:+.3f}]   "
                   f"{s['rho']:+.3f} [{s['rho_lo']:+.3f}, {s['rho_hi']:+.3f}]   {cost(signal, block, rows)}")
+        ceiling = stats.pop("reseeded", None)
+        if ceiling:
+            print(f"(reseeded is the truth against itself, the noise ceiling, not a candidate: over {ceiling['n']} "
+                  f"architectures a second seed ranks them with tau {ceiling['tau']:+.3f})")
         if stats:
             best = max(stats, key=lambda k: stats[k]["tau"])
             free = {k: v for k, v in stats.items() if k in ("params", "flops", "synflow", "grad_norm")}
@@ -287,7 +322,7 @@ def analyse(results: dict[str, Any], resamples: int = 2000, seed: int = 0) -> di
                   f"{', '.join(overlap) or 'none'}")
             if best_free:
                 print(f"best without training on {space}: {best_free} (tau {free[best_free]['tau']:+.3f})")
-        out[space] = stats
+        out[space] = {**stats, **({"reseeded": ceiling} if ceiling else {})}
     return out
 
 
@@ -299,6 +334,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--analyse", type=Path, metavar="FILE", help="print the tables of a results file and stop")
+    p.add_argument("--reseed", type=int, default=0, metavar="N",
+                   help="also train the first N architectures of each space with training.seed + 1 (the ceiling)")
     p.add_argument("--add-inherited", type=Path, metavar="FILE",
                    help="fill in the inherited-weight column of a results file (needs nas.supernet)")
     args = p.parse_args()
@@ -313,7 +350,10 @@ def main() -> None:
         analyse(results, args.resamples)
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    analyse(run(args.spaces, args.archs, args.out, args.seed), args.resamples)
+    results = run(args.spaces, args.archs, args.out, args.seed)
+    if args.reseed:
+        add_reseeded(results, args.out, args.out.parent / "specs", args.reseed)
+    analyse(results, args.resamples)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ Two published proxies, each computed at initialisation (the trial's own seed and
   synaptic flow"): the network with every parameter replaced by its absolute value, fed an all-ones input;
   ``R`` is the sum of its output and the score is ``sum over parameters of |theta * dR/dtheta|``. No data, no
   labels.
-* :func:`grad_norm` (as a baseline proxy in Abdelfattah et al. 2021, "Zero-Cost Proxies for Lightweight
-  NAS"): the L2 norm of the gradient of the task loss on one training batch, over all parameters together.
+* :func:`grad_norm` (one of the proxies of Abdelfattah et al. 2021, "Zero-Cost Proxies for Lightweight
+  NAS"): the L2 norm of the gradient of the task loss on one training batch, taken over all parameters
+  together (one vector), the gradient the first training step would follow. Some implementations add up
+  per-layer norms instead; the single norm is the one that has a closed form to test against.
 
 The parameter count and FLOPs per token, the two costs every search already has, live beside the model
 (:func:`nas.model.meta_costs`). The field notes' warning applies: a proxy earns its place only by beating the

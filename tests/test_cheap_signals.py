@@ -46,3 +46,13 @@ def test_bootstrap_matches_scipy_and_brackets_it():
     assert -1 <= s["tau_lo"] < s["tau"] < s["tau_hi"] <= 1
     assert -1 <= s["rho_lo"] < s["rho"] < s["rho_hi"] <= 1
     assert cheap_signals.bootstrap(a, b, resamples=500, seed=0) == s  # seeded
+
+
+def test_the_reseeded_ceiling_is_taken_over_its_subset_and_is_no_candidate(capsys):
+    acc = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # higher is better
+    stats = cheap_signals.analyse(_results(
+        acc, True, params=[1.0, 3.0, 2.0, 4.0, 6.0, 5.0],
+        reseeded=[None, None, 0.33, 0.41, 0.52, 0.61],  # a second seed of the last four: the same order
+    ), resamples=200)["s"]
+    assert stats["reseeded"]["n"] == 4 and stats["reseeded"]["tau"] == pytest.approx(1.0)
+    assert "best on s: params" in capsys.readouterr().out
