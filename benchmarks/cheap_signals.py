@@ -155,6 +155,7 @@ def supernet_available() -> bool:
 def add_inherited(results: dict[str, Any], path: Path, tmp: Path) -> None:
     """Fill in the inherited-weight column of every space in ``results`` (the stand-alone trainings stay)."""
     from nas.architecture import Architecture
+    from nas.model import build_task
     from nas.supernet import inherited_scores
 
     for space, block in results["spaces"].items():
@@ -162,6 +163,9 @@ def add_inherited(results: dict[str, Any], path: Path, tmp: Path) -> None:
         rows = [row for row in block["archs"] if row["status"] == "ok"]
         archs = [Architecture.model_validate(row["architecture"]) for row in rows]
         started = time.perf_counter()
+        primary = next(iter(type(build_task(spec)).metrics))
+        if primary != block["metric"]:  # inherited_scores scores the task's primary metric
+            print(f"warning: {space}: inherited scores are {primary}, the quality here is {block['metric']}")
         scores, steps = inherited_scores(spec, archs, seed=0)
         block["inherited"] = {"steps": int(steps), "seconds": time.perf_counter() - started}
         for row, score in zip(rows, scores):
