@@ -235,19 +235,33 @@ def bootstrap(a: list[float], b: list[float], resamples: int, seed: int) -> dict
 
     x, y = np.asarray(a, float), np.asarray(b, float)
     rng = np.random.default_rng(seed)
-    taus, rhos = [], []
+    taus, rhos, every = [], [], []
     for _ in range(resamples):
-        i = rng.integers(0, len(x), len(x))
+        i = rng.integers(0, len(x), len(x))  # the same draws for every signal of a space: paired resamples
         if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+            every.append(math.nan)
             continue
         taus.append(kendalltau(x[i], y[i]).statistic)
         rhos.append(spearmanr(x[i], y[i]).statistic)
+        every.append(taus[-1])
     tau = kendalltau(x, y).statistic if np.ptp(x) and np.ptp(y) else math.nan
     rho = spearmanr(x, y).statistic if np.ptp(x) and np.ptp(y) else math.nan
     lo_t, hi_t = np.percentile(taus, [2.5, 97.5]) if taus else (math.nan, math.nan)
     lo_r, hi_r = np.percentile(rhos, [2.5, 97.5]) if rhos else (math.nan, math.nan)
     return {"tau": float(tau), "tau_lo": float(lo_t), "tau_hi": float(hi_t),
-            "rho": float(rho), "rho_lo": float(lo_r), "rho_hi": float(hi_r), "resamples": len(taus)}
+            "rho": float(rho), "rho_lo": float(lo_r), "rho_hi": float(hi_r), "resamples": len(taus),
+            "taus": every}
+
+
+def paired_difference(s: dict[str, Any], base: dict[str, Any]) -> tuple[float, float, float]:
+    """``tau(s) - tau(base)`` and its 95% interval over the paired resamples of :func:`bootstrap` (both computed
+    over the same architectures with the same seed)."""
+    import numpy as np
+
+    d = np.asarray(s["taus"]) - np.asarray(base["taus"])
+    d = d[np.isfinite(d)]
+    lo, hi = np.percentile(d, [2.5, 97.5]) if len(d) else (math.nan, math.nan)
+    return s["tau"] - base["tau"], float(lo), float(hi)
 
 
 def cost(signal: str, block: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -288,8 +302,8 @@ def analyse(results: dict[str, Any], resamples: int = 2000, seed: int = 0) -> di
         print(f"\n== {space}: {len(rows)} architectures trained at the full budget ({steps_per} steps, {secs:.1f} s "
               f"each){f'; {bad} failed, left out' if bad else ''}; quality: {block['metric']} "
               f"({'higher' if block['higher_is_better'] else 'lower'} is better)")
-        print(f"{'signal':<10} {'higher predicts better?':<24} {'Kendall tau [95% CI]':<24} "
-              f"{'Spearman rho [95% CI]':<24} cost per architecture")
+        print(f"{'signal':<10} {'higher predicts better?':<24} {'Kendall tau [95% CI]':<25} "
+              f"{'Spearman rho [95% CI]':<25} {'tau - tau(params) [95% CI]':<27} cost per architecture")
         stats: dict[str, Any] = {}
         for signal, (_, higher) in SIGNALS.items():
             values = [r["signals"].get(signal) for r in rows]
@@ -310,9 +324,15 @@ def analyse(results: dict[str, Any], resamples: int = 2000, seed: int = 0) -> di
             s = bootstrap([(1.0 if up else -1.0) * v for v in values], truth_here, resamples, seed)
             s["n"] = len(values)
             stats[signal] = s
+            versus = ""
+            if signal not in ("params", "reseeded") and "params" in stats:
+                d, lo, hi = paired_difference(s, stats["params"])
+                s["minus_params"] = {"tau": d, "lo": lo, "hi": hi}
+                versus = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
             print(f"{signal:<10} {'yes' if up else 'no (lower does)':<24} "
-                  f"{s['tau']:+.3f} [{s['tau_lo']:+.3f}, {s['tau_hi']:+.3f}]   "
-                  f"{s['rho']:+.3f} [{s['rho_lo']:+.3f}, {s['rho_hi']:+.3f}]   {cost(signal, block, rows)}")
+                  f"{s['tau']:+.3f} [{s['tau_lo']:+.3f}, {s['tau_hi']:+.3f}]  "
+                  f"{s['rho']:+.3f} [{s['rho_lo']:+.3f}, {s['rho_hi']:+.3f}]  {versus:<27} "
+                  f"{cost(signal, block, rows)}")
         ceiling = stats.pop("reseeded", None)
         if ceiling:
             print(f"(reseeded is the truth against itself, the noise ceiling, not a candidate: over {ceiling['n']} "

@@ -46,6 +46,11 @@ def test_bootstrap_matches_scipy_and_brackets_it():
     assert -1 <= s["tau_lo"] < s["tau"] < s["tau_hi"] <= 1
     assert -1 <= s["rho_lo"] < s["rho"] < s["rho_hi"] <= 1
     assert cheap_signals.bootstrap(a, b, resamples=500, seed=0) == s  # seeded
+    # paired: the same resamples for every signal, so a signal against itself differs by exactly 0
+    assert cheap_signals.paired_difference(s, s) == (0.0, 0.0, 0.0)
+    reversed_b = cheap_signals.bootstrap([-v for v in a], b, resamples=500, seed=0)
+    d, lo, hi = cheap_signals.paired_difference(reversed_b, s)
+    assert d == pytest.approx(-2 * s["tau"]) and lo <= d <= hi
 
 
 def test_the_reseeded_ceiling_is_taken_over_its_subset_and_is_no_candidate(capsys):
