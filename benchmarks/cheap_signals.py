@@ -341,9 +341,10 @@ def analyse(results: dict[str, Any], resamples: int = 2000, seed: int = 0) -> di
             best = max(stats, key=lambda k: stats[k]["tau"])
             free = {k: v for k, v in stats.items() if k in ("params", "flops", "synflow", "grad_norm")}
             best_free = max(free, key=lambda k: free[k]["tau"]) if free else None
-            overlap = [k for k in stats if k != best and stats[k]["tau_hi"] >= stats[best]["tau_lo"]]
-            print(f"best on {space}: {best} (tau {stats[best]['tau']:+.3f}); intervals overlapping it: "
-                  f"{', '.join(overlap) or 'none'}")
+            # not told apart from the best: the paired interval of tau(best) - tau(k) reaches 0
+            close = [k for k in stats if k != best and paired_difference(stats[best], stats[k])[1] <= 0]
+            print(f"best on {space}: {best} (tau {stats[best]['tau']:+.3f}); not told apart from it (paired "
+                  f"95% interval of the difference reaching 0): {', '.join(close) or 'none'}")
             if best_free:
                 print(f"best without training on {space}: {best_free} (tau {free[best_free]['tau']:+.3f})")
         out[space] = {**stats, **({"reseeded": ceiling} if ceiling else {})}
