@@ -11,6 +11,8 @@ objective (MQAR accuracy; bits per byte), is the truth every signal is compared 
 * ``synflow``, ``grad_norm``: the zero-cost proxies of :mod:`nas.proxies` on the trial's initial weights;
 * ``q10``, ``q30``: the quality after 10% and 30% of the budget's steps, taken at rungs of the same training
   run (its schedule stays the full budget's: what successive halving sees at those rungs);
+* ``reseeded`` (``--reseed N``): the first N architectures trained again with ``training.seed + 1``, how
+  noisy the truth itself is;
 * ``inherited``: the quality with weights inherited from a supernet, ``nas.supernet.inherited_scores``, when
   that module exists (``not available`` otherwise; ``--add-inherited FILE`` fills it in later, no retraining).
 
@@ -176,7 +178,8 @@ def add_inherited(results: dict[str, Any], path: Path, tmp: Path) -> None:
 
 def add_reseeded(results: dict[str, Any], path: Path, tmp: Path, n: int) -> None:
     """Train the first ``n`` architectures of each space again at the full budget with ``training.seed + 1``:
-    how well the truth ranks itself, the ceiling no cheap signal can be expected to pass."""
+    how well the truth ranks itself. A measure of the truth's noise, not a hard ceiling: a signal that knew each
+    architecture's seed-averaged quality would agree with one seed better than two seeds agree with each other."""
     from nas.architecture import Architecture
     from nas.trial import execute_trial
 
@@ -335,7 +338,7 @@ def analyse(results: dict[str, Any], resamples: int = 2000, seed: int = 0) -> di
                   f"{cost(signal, block, rows)}")
         ceiling = stats.pop("reseeded", None)
         if ceiling:
-            print(f"(reseeded is the truth against itself, the noise ceiling, not a candidate: over {ceiling['n']} "
+            print(f"(reseeded is the truth against itself, its noise, not a candidate: over {ceiling['n']} "
                   f"architectures a second seed ranks them with tau {ceiling['tau']:+.3f})")
         if stats:
             best = max(stats, key=lambda k: stats[k]["tau"])
@@ -360,7 +363,7 @@ def main() -> None:
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--analyse", type=Path, metavar="FILE", help="print the tables of a results file and stop")
     p.add_argument("--reseed", type=int, default=0, metavar="N",
-                   help="also train the first N architectures of each space with training.seed + 1 (the ceiling)")
+                   help="also train the first N architectures of each space with training.seed + 1 (the truth's noise)")
     p.add_argument("--add-inherited", type=Path, metavar="FILE",
                    help="fill in the inherited-weight column of a results file (needs nas.supernet)")
     args = p.parse_args()

@@ -53,7 +53,7 @@ def test_bootstrap_matches_scipy_and_brackets_it():
     assert d == pytest.approx(-2 * s["tau"]) and lo <= d <= hi
 
 
-def test_the_reseeded_ceiling_is_taken_over_its_subset_and_is_no_candidate(capsys):
+def test_the_reseeded_row_is_taken_over_its_subset_and_is_no_candidate(capsys):
     acc = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # higher is better
     stats = cheap_signals.analyse(_results(
         acc, True, params=[1.0, 3.0, 2.0, 4.0, 6.0, 5.0],
