@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     import torch
 
     from .blocks import (POSITION_MODES, AuxLoss, Batch, BlockConfig, Capabilities, Compression, Dims, Finetune,
-                         InactiveParameters, PositionScheme, PrunableHeads, PrunableNeurons, ResetStats, Stats, Task)
+                         InactiveParameters, PositionScheme, PrunableHeads, PrunableNeurons, ResetStats, Sharing, Stats,
+                         Task)
     from .registry import load_plugins, register
     from .space import suggest_among, suggest_value
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 #: ``nas`` command's ``--help``, ``--version``, ``show``) does not pay for torch: a plugin that uses
 #: ``nas.BlockConfig`` imports only the torch-free :mod:`nas.declared`; one that uses ``nas.Task`` imports torch.
 _LAZY = {
-    **dict.fromkeys(("POSITION_MODES", "BlockConfig", "Capabilities", "Dims"), ".declared"),
+    **dict.fromkeys(("POSITION_MODES", "BlockConfig", "Capabilities", "Dims", "Sharing"), ".declared"),
     **dict.fromkeys(("AuxLoss", "Batch", "Compression", "Finetune", "InactiveParameters", "PositionScheme",
                      "PrunableHeads", "PrunableNeurons", "ResetStats", "Stats", "Task"), ".blocks"),
     **dict.fromkeys(("load_plugins", "register"), ".registry"),
@@ -60,6 +61,7 @@ __all__ = [
     "PrunableHeads",
     "PrunableNeurons",
     "ResetStats",
+    "Sharing",
     "Stats",
     "Task",
     "load_model",
