@@ -183,6 +183,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs of each start-up command")
     parser.add_argument("--search-repeats", type=int, default=1)
     parser.add_argument("--skip-long", action="store_true", help="skip the trials of about a minute")
+    parser.add_argument("--skip-startup", action="store_true", help="skip the start-up timings")
     parser.add_argument("--long-steps", type=int, default=3600)
     parser.add_argument("--long-trials", type=int, default=4)
     parser.add_argument("--trials", type=int, help="n_trials of the quickstart search (default: the file's, 30)")
@@ -210,9 +211,10 @@ def main() -> int:
         for i in range(args.search_repeats):
             for k, (tree, path) in enumerate(trees.items()):
                 long[tree].append(search(path, work, f"long{k}-{i}", overrides))
-    table = startup(trees, work, Path(quick["new"][0]["root"]), "quick0-0", args.repeats)
+    table = {} if args.skip_startup else startup(trees, work, Path(quick["new"][0]["root"]), "quick0-0", args.repeats)
 
-    print_startup(table, list(trees))
+    if table:
+        print_startup(table, list(trees))
     print_searches(f"The quickstart search ({args.trials or 30} architectures, concurrency 2), median over "
                    f"{args.search_repeats} run(s)", quick)
     if not args.skip_long:
