@@ -51,33 +51,36 @@ class TrialJob:
     verify_repeats: int | None = None  # set: only re-measure the architecture's latency (verification)
 
 
+def _enter_driver_dir(cwd: str) -> None:
+    """On a local cluster, work in the driver's directory: relative paths (text files, plugin modules) resolve
+    as they do there. A remote node without that directory keeps its own."""
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
+
+
 def trial_task(job: TrialJob) -> TrialOutput:
     """Runs in a Ray worker."""
-    if os.path.isdir(job.cwd):  # local clusters: relative paths (text files, plugin modules) as in the driver
-        os.chdir(job.cwd)
-        if job.cwd not in sys.path:
-            sys.path.insert(0, job.cwd)
+    _enter_driver_dir(job.cwd)
     if job.memory_mb is not None:
         return _run_limited(job, job.memory_mb)
     return _run_here(job)
 
 
-def warm_worker(spec: dict[str, Any], plugins: list[str], cwd: str, threads: int) -> float:
+def warm_worker(spec: dict[str, Any], plugins: list[str], cwd: str, threads: int) -> None:
     """Runs in a Ray worker before its first trial: what every trial of that worker would otherwise pay once on
     its first call (importing torch, nas and the plugins, ``torch._dynamo``, which torch's optimizers and
-    meta kernels import on first use, and building the task's data), paid while the driver sets up MLflow.
-    Returns the seconds it took."""
-    started = time.perf_counter()
-    if os.path.isdir(cwd) and cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    meta kernels import on first use, and the task's training data, built by its first batch), paid while the
+    driver sets up MLflow."""
+    _enter_driver_dir(cwd)  # as a trial does: a relative text path must validate and load here too
     import torch
     import torch._dynamo  # noqa: F401  (see the docstring)
 
     from ..model import build_task
 
     torch.set_num_threads(max(1, threads))
-    build_task(spec_from_data(spec, plugins))
-    return time.perf_counter() - started
+    build_task(spec_from_data(spec, plugins)).example_batch(1)  # the task is cached with its data (build_task)
 
 
 def _run_here(job: TrialJob, memory_mb: int | None = None) -> TrialOutput:
